@@ -1,0 +1,3 @@
+from fuser.cli import main
+
+main()

@@ -1,0 +1,56 @@
+"""The `fuser` command: one click group, one module per subcommand, option groups shared in options.py.
+
+Every failure the user can act on is a `FuserError` and becomes one line on stderr with its exit code
+(1 model error, 2 usage error); anything else is a bug, reported as one line with exit code 3 (set
+FUSER_DEBUG=1 for the traceback). Nothing here ever prints a traceback by default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from fuser import __version__
+from fuser.errors import FuserError
+
+INTERNAL_ERROR = 3
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FuserError as exc:
+            click.echo(f"fuser: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("fuser: interrupted; nothing was written", err=True)
+            sys.exit(130)
+        except Exception as exc:  # a bug in fuser: one line, not a traceback
+            if os.environ.get("FUSER_DEBUG"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"fuser: internal error: {type(exc).__name__}: {first} "
+                       "(please report it; FUSER_DEBUG=1 shows the traceback)", err=True)
+            sys.exit(INTERNAL_ERROR)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fuser")
+def main():
+    """fuser: fuse, fold and validate ONNX graphs before TensorRT or onnxruntime builds."""
+
+
+def _register() -> None:
+    from .optimize import optimize
+    from .rules import rules
+
+    main.add_command(optimize)
+    main.add_command(rules)
+
+
+_register()

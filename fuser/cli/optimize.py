@@ -1,0 +1,75 @@
+"""`fuser optimize IN.onnx [-o OUT.onnx]`: the main job, with a short account of what it did."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from fuser.errors import UsageError
+from fuser.model_io import _atomic_write_bytes
+from fuser.pipeline import optimize_file
+from fuser.rules import select_rules
+
+from .options import options_from, output_options, rule_options
+
+PROGRESS_NODES = 5000
+
+
+def default_output(src: Path) -> Path:
+    return src.with_name(src.stem + ".opt.onnx")
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Output file (default: MODEL.opt.onnx beside the input).")
+@rule_options
+@output_options
+def optimize(model: Path, output: Path | None, report_path: str | None, **kw):
+    """Fuse and clean MODEL, check it, and write the result atomically."""
+    progress_flag = kw["progress"]
+    options = options_from(kw)
+    select_rules(options.rules, options.skip_rules, options.target)  # unknown names fail before loading
+    output = output or default_output(model)
+    if not model.exists():
+        raise UsageError(f"no such file: {model}")
+    if progress_flag is None:
+        options.progress = _node_count_hint(model) > PROGRESS_NODES
+    report = optimize_file(model, output, options, progress=_echo_progress if options.progress else None)
+    if report_path:
+        _atomic_write_bytes(Path(report_path), json.dumps(report.to_dict(), indent=2).encode())
+    click.echo(summary(report, model, output))
+
+
+def _node_count_hint(path: Path) -> int:
+    """A cheap guess of node count from file size (exact counts need parsing, done later anyway)."""
+    try:
+        return os.path.getsize(path) // 200
+    except OSError:
+        return 0
+
+
+def _echo_progress(msg: str) -> None:
+    click.echo(f"fuser: {msg}", err=True)
+
+
+def summary(report, src, dst) -> str:
+    """What the run did, in a few lines: node counts, fusions per family, near misses, notes."""
+    i, o = report.input, report.output
+    lines = [f"fuser {src} -> {dst}",
+             f"  nodes {i.nodes} -> {o.nodes}   opset {i.opset} -> {o.opset}   {report.time_s:.2f} s"]
+    counts = report.fusion_counts()
+    lines.append("  fused: " + (", ".join(f"{fam} {n}" for fam, n in counts.items()) if counts else "nothing"))
+    shown = report.to_dict()["near_misses"]
+    for miss in shown[:5]:
+        lines.append(f"  not fused: {miss['rule']} at '{miss['at']}': {miss['reason']}")
+    if len(shown) > 5:
+        lines.append(f"  ... and {len(shown) - 5} more near misses (see --report)")
+    lines += [f"  note: {n}" for n in report.notes]
+    lines += [f"  warning: {w}" for w in report.warnings]
+    if report.validation:
+        lines.append(f"  validation: {report.validation.get('summary', report.validation.get('status'))}")
+    return "\n".join(lines)

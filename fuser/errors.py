@@ -1,0 +1,24 @@
+"""Errors that reach the user as one clear line, never a traceback.
+
+Exit codes (documented in the README): 0 success, 1 a model error (the model cannot be read,
+optimized, validated or built), 2 a usage error (bad option, missing file), 3 an internal error
+(a bug in fuser: please report it with the command line).
+"""
+
+
+class FuserError(Exception):
+    """A failure fuser explains to the user; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class ModelError(FuserError):
+    """The model itself is unusable: not ONNX, truncated, cyclic, unsupported opset, missing data."""
+
+    exit_code = 1
+
+
+class UsageError(FuserError):
+    """The command was asked for something it cannot do: a missing file, a bad option value."""
+
+    exit_code = 2

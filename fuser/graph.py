@@ -1,0 +1,435 @@
+"""The graph every pass and rule works on: ONNX nodes with producer/consumer indices and a networkx view.
+
+Nodes are ONNX `NodeProto`s under integer ids; edges are tensors, from a producer's output slot to a
+consumer's input slot. Plain dicts answer the questions rules ask millions of times (who produces this
+value, who consumes it, is it constant) in O(1); the networkx `MultiDiGraph` view (`Graph.nx`) is
+built from them when a graph algorithm is wanted (topological order when the order was broken, cycle
+reports, reachability, dominance) and dropped on the next edit, so matching stays linear in graph size.
+
+Constants are initializers or `Constant` nodes. Their numpy values are read lazily: an initializer
+stored as external data is read from disk only when a rule asks for its value, so a model over 2 GB
+is optimized without its weights in memory. `to_model()` writes the edits back to a new `ModelProto`
+(the input proto is never modified).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import networkx as nx
+import numpy as np
+import onnx
+import onnx.numpy_helper
+from onnx import helper
+
+from .errors import ModelError
+from .model_io import LoadedModel, external_info, resolve_location, uses_external_data
+
+Use = tuple[int, int]  # (node id, input or output slot)
+
+
+class Graph:
+    """Mutable view of one ONNX main graph (subgraphs of If/Loop are kept opaque, as node attributes)."""
+
+    def __init__(self, loaded: LoadedModel):
+        # A copy keeps the caller's proto untouched; external weights are only references in it.
+        model = onnx.ModelProto()
+        model.CopyFrom(loaded.model)
+        self.loaded = loaded
+        self.model = model
+        g = model.graph
+        self.nodes: dict[int, onnx.NodeProto] = {}
+        self.order: dict[int, tuple[float, int]] = {}  # sort key: (position of the node it replaced, seq)
+        self.producers: dict[str, Use] = {}
+        self.consumers: dict[str, list[Use]] = {}
+        self.by_op: dict[str, set[int]] = {}
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
+        self.input_names: list[str] = [v.name for v in g.input]
+        self.output_names: list[str] = [v.name for v in g.output]
+        self._graph_inputs = set(self.input_names)
+        self._graph_outputs = set(self.output_names)
+        self._value_info = {v.name: v for v in itertools.chain(g.input, g.output, g.value_info)}
+        self._const_cache: dict[str, np.ndarray] = {}
+        self._ids = itertools.count()
+        self._seq = itertools.count()
+        self._names: set[str] = set()
+        self._nx: nx.MultiDiGraph | None = None
+        self._inferred: dict[str, onnx.TypeProto] | None = None
+        self.opsets: dict[str, int] = {imp.domain or "": imp.version for imp in model.opset_import}
+        for position, node in enumerate(g.node):
+            self._index_node(next(self._ids), node, (float(position), 0))
+        self._check_unique_values()
+        if not self._is_sorted(sorted(self.nodes, key=self.order.__getitem__)):
+            self._sort_or_report_cycle()
+
+    # ---------------------------------------------------------------- queries
+    def node(self, nid: int) -> onnx.NodeProto:
+        return self.nodes[nid]
+
+    def __contains__(self, nid: int) -> bool:
+        return nid in self.nodes
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def producer(self, value: str) -> Use | None:
+        return self.producers.get(value)
+
+    def producer_node(self, value: str) -> onnx.NodeProto | None:
+        use = self.producers.get(value)
+        return self.nodes[use[0]] if use else None
+
+    def uses(self, value: str) -> list[Use]:
+        return self.consumers.get(value, [])
+
+    def is_graph_output(self, value: str) -> bool:
+        return value in self._graph_outputs
+
+    def is_graph_input(self, value: str) -> bool:
+        return value in self._graph_inputs and value not in self.initializers
+
+    def nodes_of_type(self, op_type: str) -> list[int]:
+        """Ids of the nodes of one op type, in graph order (a snapshot: safe to edit while iterating)."""
+        return sorted(self.by_op.get(op_type, ()), key=self.order.__getitem__)
+
+    def op_histogram(self) -> dict[str, int]:
+        return {op: len(ids) for op, ids in sorted(self.by_op.items()) if ids}
+
+    def opset(self, domain: str = "") -> int:
+        if domain in ("", "ai.onnx"):
+            return self.opsets.get("", self.opsets.get("ai.onnx", 1))
+        return self.opsets.get(domain, 0)
+
+    def is_constant(self, value: str) -> bool:
+        if value in self.initializers:
+            return value not in self._graph_inputs  # an initializer that is also an input can be overridden
+        use = self.producers.get(value)
+        return use is not None and self.nodes[use[0]].op_type == "Constant" and not self.nodes[use[0]].domain
+
+    def constant(self, value: str) -> np.ndarray | None:
+        """The numpy value of a constant value, read (from external data too) on first request."""
+        if not value or not self.is_constant(value):
+            return None
+        cached = self._const_cache.get(value)
+        if cached is not None:
+            return cached
+        if value in self.initializers:
+            array = self._read_tensor(self.initializers[value])
+        else:
+            array = _constant_node_value(self.nodes[self.producers[value][0]], self)
+        if array is not None:
+            self._const_cache[value] = array
+        return array
+
+    def constant_nbytes(self, value: str) -> int:
+        """Size of a constant without reading it (for budgets)."""
+        t = self.initializers.get(value)
+        if t is None:
+            arr = self.constant(value)
+            return 0 if arr is None else arr.nbytes
+        n = int(np.prod(t.dims)) if t.dims else 1
+        return n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+
+    def elem_type(self, value: str) -> int | None:
+        """ONNX element type of a value (TensorProto.FLOAT...) or None when unknown."""
+        if value in self.initializers:
+            return self.initializers[value].data_type
+        info = self._value_info.get(value)
+        if info is not None and info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+            return info.type.tensor_type.elem_type
+        use = self.producers.get(value)
+        if use is not None and self.nodes[use[0]].op_type == "Constant":
+            arr = self.constant(value)
+            return None if arr is None else helper.np_dtype_to_tensor_dtype(arr.dtype)
+        inferred = self._infer().get(value)
+        if inferred is not None and inferred.HasField("tensor_type") and inferred.tensor_type.elem_type:
+            return inferred.tensor_type.elem_type
+        return None
+
+    def shape(self, value: str) -> list[int | str | None] | None:
+        """Static shape where known: ints, symbolic dim names, or None per unknown dim."""
+        if value in self.initializers:
+            return list(self.initializers[value].dims)
+        info = self._value_info.get(value)
+        typ = info.type if info is not None else self._infer().get(value)
+        if typ is None or not typ.HasField("tensor_type") or not typ.tensor_type.HasField("shape"):
+            arr = self.constant(value) if self.is_constant(value) else None
+            return list(arr.shape) if arr is not None else None
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in typ.tensor_type.shape.dim]
+
+    @property
+    def nx(self) -> nx.MultiDiGraph:
+        """networkx view: node id -> {'node': NodeProto}; edges carry value name and both slots."""
+        if self._nx is None:
+            view = nx.MultiDiGraph()
+            view.add_nodes_from((nid, {"node": n}) for nid, n in self.nodes.items())
+            view.add_edges_from(
+                (self.producers[v][0], nid, {"value": v, "src_slot": self.producers[v][1], "dst_slot": slot})
+                for v, uses in self.consumers.items() if v in self.producers for nid, slot in uses)
+            self._nx = view
+        return self._nx
+
+    def topological_order(self) -> list[int]:
+        order = sorted(self.nodes, key=self.order.__getitem__)
+        if self._is_sorted(order):
+            return order
+        return self._sort_or_report_cycle()
+
+    def reaches(self, src_value: str, dst_value: str) -> bool:
+        """Does `dst_value` depend on `src_value`?"""
+        a, b = self.producers.get(src_value), self.producers.get(dst_value)
+        if b is None:
+            return False
+        if a is None:  # a graph input or constant: does any consumer reach dst?
+            return any(u == b[0] or nx.has_path(self.nx, u, b[0]) for u, _ in self.uses(src_value))
+        return nx.has_path(self.nx, a[0], b[0])
+
+    # ------------------------------------------------------------------ edits
+    def fresh_name(self, hint: str) -> str:
+        name, k = hint, 0
+        while name in self._names or name in self.initializers or name in self._graph_inputs:
+            k += 1
+            name = f"{hint}_{k}"
+        self._names.add(name)
+        return name
+
+    def add_node(self, op_type: str, inputs: Sequence[str], outputs: int | Sequence[str] = 1, *,
+                 name: str | None = None, domain: str = "", before: int | None = None,
+                 doc: str = "", **attrs) -> int:
+        """Add a node; `before` is the id of the node it is placed ahead of in graph order."""
+        if isinstance(outputs, int):
+            base = name or op_type
+            outputs = [self.fresh_name(f"{base}_out{i}" if outputs > 1 else f"{base}_out") for i in range(outputs)]
+        node = helper.make_node(op_type, list(inputs), list(outputs),
+                                name=self.fresh_node_name(name or op_type), domain=domain or None,
+                                doc_string=doc or None, **attrs)
+        key = self.order[before][0] if before is not None else float("inf")
+        nid = next(self._ids)
+        self._index_node(nid, node, (key, next(self._seq)))
+        return nid
+
+    def fresh_node_name(self, hint: str) -> str:
+        if not hasattr(self, "_node_names"):
+            self._node_names = {n.name for n in self.nodes.values() if n.name}
+        name, k = hint, 0
+        while name in self._node_names:
+            k += 1
+            name = f"{hint}_{k}"
+        self._node_names.add(name)
+        return name
+
+    def add_initializer(self, hint: str, array: np.ndarray) -> str:
+        name = self.fresh_name(hint)
+        self.initializers[name] = onnx.numpy_helper.from_array(np.asarray(array), name)
+        self._const_cache[name] = np.asarray(array)
+        return name
+
+    def remove_node(self, nid: int) -> onnx.NodeProto:
+        node = self.nodes.pop(nid)
+        self.order.pop(nid)
+        self.by_op[node.op_type].discard(nid)
+        for slot, value in enumerate(node.input):
+            uses = self.consumers.get(value)
+            if uses:
+                uses.remove((nid, slot))
+                if not uses:
+                    del self.consumers[value]
+        for value in node.output:
+            if self.producers.get(value, (None,))[0] == nid:
+                del self.producers[value]
+                self._const_cache.pop(value, None)
+        self._nx = None
+        return node
+
+    def set_input(self, nid: int, slot: int, value: str) -> None:
+        node = self.nodes[nid]
+        old = node.input[slot]
+        uses = self.consumers.get(old)
+        if uses:
+            uses.remove((nid, slot))
+            if not uses:
+                del self.consumers[old]
+        node.input[slot] = value
+        if value:
+            self.consumers.setdefault(value, []).append((nid, slot))
+        self._nx = None
+
+    def replace_all_uses(self, old: str, new: str) -> None:
+        """Point every consumer of `old` at `new`; a graph output named `old` is renamed or bridged."""
+        for nid, slot in list(self.uses(old)):
+            self.set_input(nid, slot, new)
+        if old in self._graph_outputs:
+            self._keep_output_name(old, new)
+
+    def substitute(self, old: str, new: str) -> None:
+        """Make `new` take the place of `old` (whose producer is gone), keeping the name `old` if possible.
+
+        Keeping names keeps the value_info, graph output names and downstream references unchanged.
+        """
+        use = self.producers.get(new)
+        if old in self.producers or use is None or new in self._graph_outputs or new in self._graph_inputs:
+            self.replace_all_uses(old, new)
+            return
+        nid, slot = use
+        for cnid, cslot in list(self.uses(new)):
+            self.set_input(cnid, cslot, old)
+        self.nodes[nid].output[slot] = old
+        del self.producers[new]
+        self.producers[old] = (nid, slot)
+        self._nx = None
+
+    def _keep_output_name(self, old: str, new: str) -> None:
+        """Graph outputs keep their names: rename `new`'s producer output, or bridge with Identity."""
+        use = self.producers.get(new)
+        if old in self.producers or use is None or new in self._graph_outputs:
+            nid = self.add_node("Identity", [new], [old], name=f"{old}_identity")
+            self._names.add(old)
+            return
+        nid, slot = use
+        for cnid, cslot in list(self.uses(new)):
+            self.set_input(cnid, cslot, old)
+        self.nodes[nid].output[slot] = old
+        del self.producers[new]
+        self.producers[old] = (nid, slot)
+        if new in self._value_info and old not in self._value_info:
+            self._value_info[old] = self._value_info[new]
+        self._nx = None
+
+    def remove_initializer(self, name: str) -> None:
+        self.initializers.pop(name, None)
+        self._const_cache.pop(name, None)
+
+    def set_opset(self, version: int, domain: str = "") -> None:
+        self.opsets[domain] = version
+
+    def invalidate_types(self) -> None:
+        self._inferred = None
+
+    # ------------------------------------------------------------ write-back
+    def to_model(self) -> onnx.ModelProto:
+        """A new, topologically sorted ModelProto holding the graph as edited."""
+        out = onnx.ModelProto()
+        src = self.model
+        for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+            setattr(out, field, getattr(src, field))
+        out.metadata_props.extend(src.metadata_props)
+        out.functions.extend(src.functions)
+        out.training_info.extend(src.training_info)
+        for domain, version in sorted(self.opsets.items()):
+            out.opset_import.add(domain=domain, version=version)
+        g, sg = out.graph, src.graph
+        g.name, g.doc_string = sg.name, sg.doc_string
+        g.metadata_props.extend(sg.metadata_props)
+        g.node.extend(self.nodes[nid] for nid in self.topological_order())
+        used = {v for v in self.consumers} | self._graph_outputs
+        g.initializer.extend(t for name, t in self.initializers.items() if name in used or name in self._graph_inputs)
+        g.sparse_initializer.extend(sg.sparse_initializer)
+        g.input.extend(v for v in sg.input if v.name in used or v.name not in self.initializers)
+        g.output.extend(sg.output)
+        live = set(self.producers)
+        g.value_info.extend(v for v in sg.value_info if v.name in live)
+        g.quantization_annotation.extend(sg.quantization_annotation)
+        return out
+
+    # -------------------------------------------------------------- internals
+    def _index_node(self, nid: int, node: onnx.NodeProto, key: tuple[float, int]) -> None:
+        self.nodes[nid] = node
+        self.order[nid] = key
+        self.by_op.setdefault(node.op_type, set()).add(nid)
+        for slot, value in enumerate(node.input):
+            if value:
+                self.consumers.setdefault(value, []).append((nid, slot))
+        for slot, value in enumerate(node.output):
+            if value:
+                self.producers[value] = (nid, slot)
+                self._names.add(value)
+        self._nx = None
+
+    def _check_unique_values(self) -> None:
+        produced = sum(1 for n in self.nodes.values() for v in n.output if v)
+        if produced != len(self.producers):
+            seen: dict[str, str] = {}
+            for n in self.nodes.values():
+                for v in n.output:
+                    if v and v in seen:
+                        raise ModelError(f"value '{v}' is produced twice (by '{seen[v]}' and '{n.name}'): "
+                                         "ONNX values must have exactly one producer")
+                    seen[v] = n.name
+        for v in self.producers:
+            if v in self.initializers or v in self._graph_inputs:
+                raise ModelError(f"value '{v}' is produced by node '{self.producer_node(v).name}' but is also "
+                                 "a graph input or initializer: duplicate value names")
+        if len(self._graph_outputs) != len(self.output_names):
+            dup = next(n for n in self.output_names if self.output_names.count(n) > 1)
+            raise ModelError(f"graph output '{dup}' is listed twice: duplicate output names")
+        self._names.update(self.initializers, self._graph_inputs)
+
+    def _is_sorted(self, order: Iterable[int]) -> bool:
+        seen: set[str] = set(self.initializers) | self._graph_inputs | {""}
+        for nid in order:
+            node = self.nodes[nid]
+            for v in node.input:
+                if v not in seen and v in self.producers:
+                    return False
+            seen.update(node.output)
+        return True
+
+    def _sort_or_report_cycle(self) -> list[int]:
+        try:
+            order = list(nx.lexicographical_topological_sort(self.nx, key=self.order.__getitem__))
+        except nx.NetworkXUnfeasible:
+            cycle = nx.find_cycle(self.nx)
+            names = " -> ".join(self.nodes[u].name or self.nodes[u].op_type for u, *_ in cycle)
+            raise ModelError(f"the graph has a cycle: {names}; ONNX graphs must be acyclic") from None
+        for position, nid in enumerate(order):
+            self.order[nid] = (float(position), 0)
+        return order
+
+    def _read_tensor(self, tensor: onnx.TensorProto) -> np.ndarray:
+        if uses_external_data(tensor):
+            location = external_info(tensor).get("location", "")
+            resolve_location(self.loaded.base_dir, location, tensor.name)  # refuses escapes
+            return onnx.numpy_helper.to_array(tensor, base_dir=str(self.loaded.base_dir))
+        return onnx.numpy_helper.to_array(tensor)
+
+    def _infer(self) -> dict[str, onnx.TypeProto]:
+        """Types from onnx shape inference, computed once on demand (rules rarely need them)."""
+        if self._inferred is None:
+            self._inferred = {}
+            try:
+                skeleton = self.to_model()
+                big = [t for t in skeleton.graph.initializer if uses_external_data(t) or len(t.raw_data) > 4096]
+                for t in big:  # inference needs only the dims and types of large weights
+                    skeleton.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+                    skeleton.graph.initializer.remove(t)
+                inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False)
+                for v in itertools.chain(inferred.graph.value_info, inferred.graph.output, inferred.graph.input):
+                    self._inferred[v.name] = v.type
+            except Exception:  # inference is a best effort: unknown types only make rules more careful
+                pass
+        return self._inferred
+
+
+def _constant_node_value(node: onnx.NodeProto, graph: Graph) -> np.ndarray | None:
+    for attr in node.attribute:
+        if attr.name == "value":
+            return graph._read_tensor(attr.t)
+        if attr.name == "value_float":
+            return np.array(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.array(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.array(attr.i, dtype=np.int64)
+        if attr.name == "value_ints":
+            return np.array(list(attr.ints), dtype=np.int64)
+    return None
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """The Python value of a node attribute, or `default` when absent."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default

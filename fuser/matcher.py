@@ -1,0 +1,201 @@
+"""Matching a pattern at one value of the graph: a backtracking walk from the pattern's root.
+
+The walk is anchored (it starts at a candidate node of the root op and follows producers upwards), so
+the cost of a rule is the number of candidates times the pattern's size, not the graph's size. It
+handles once for all rules what rules should never hand-write: commutative operand order,
+alternatives, constants compared by value at the precision of their dtype, attribute-vs-input forms
+across opsets (via `op_forms`), and schema defaults for absent attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import helper
+
+from .graph import Graph
+from .op_forms import Literal, Operand, logical_attribute_names, logical_inputs
+from .pattern import Const, OneOf, Op, Pattern, Var
+
+
+@dataclass
+class Match:
+    """What a pattern bound: values by variable name, constants by name, nodes by name, all nodes."""
+
+    graph: Graph
+    root: int
+    values: dict[str, Operand] = field(default_factory=dict)
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    named_nodes: dict[str, int] = field(default_factory=dict)
+    nodes: list[int] = field(default_factory=list)
+    op_values: dict[int, str] = field(default_factory=dict)  # id(Op pattern) -> value it matched
+
+    def __getitem__(self, name: str) -> str:
+        """The graph value bound to variable `name` (a Literal is materialized by the rewrite builder)."""
+        return self.values[name]
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The constant value bound to `name` (a `Const(name=...)` or a `Var` that is constant)."""
+        if name in self.consts:
+            return self.consts[name]
+        value = self.values.get(name)
+        if isinstance(value, Literal):
+            return value.value
+        return self.graph.constant(value) if value else None
+
+    def node(self, name: str) -> onnx.NodeProto:
+        return self.graph.node(self.named_nodes[name])
+
+    def has(self, name: str) -> bool:
+        return name in self.values or name in self.consts or name in self.named_nodes
+
+    def node_names(self) -> list[str]:
+        return [self.graph.node(n).name or self.graph.node(n).op_type for n in self.nodes]
+
+    def copy(self) -> Match:
+        return Match(self.graph, self.root, dict(self.values), dict(self.consts), dict(self.named_nodes),
+                     list(self.nodes), dict(self.op_values))
+
+
+def match_value(pattern: Pattern, operand: Operand, m: Match) -> Iterator[Match]:
+    """Every way `pattern` matches `operand`, each as an extended copy of `m`."""
+    if isinstance(pattern, OneOf):
+        for alt in pattern.alternatives:
+            yield from match_value(alt, operand, m)
+    elif isinstance(pattern, Var):
+        bound = m.values.get(pattern.name, _UNBOUND)
+        if bound is _UNBOUND:
+            if operand is None:
+                return
+            m2 = m.copy()
+            m2.values[pattern.name] = operand
+            yield m2
+        elif bound == operand:
+            yield m
+    elif isinstance(pattern, Const):
+        value = _constant_of(operand, m.graph)
+        if value is None or (pattern.value is not None and not const_equals(value, pattern.value)):
+            return
+        if pattern.name is None:
+            yield m
+        elif pattern.name in m.consts:
+            if np.array_equal(m.consts[pattern.name], value):
+                yield m
+        else:
+            m2 = m.copy()
+            m2.consts[pattern.name] = value
+            if isinstance(operand, str):
+                m2.values[pattern.name] = operand
+            yield m2
+    elif isinstance(pattern, Op):
+        yield from _match_op(pattern, operand, m)
+    else:
+        raise TypeError(f"unknown pattern {pattern!r}")
+
+
+_UNBOUND = object()
+
+
+def _match_op(pattern: Op, operand: Operand, m: Match) -> Iterator[Match]:
+    if not isinstance(operand, str):
+        return
+    bound = m.op_values.get(id(pattern))
+    if bound is not None:  # the same pattern object used twice: must be the same node
+        if bound == operand:
+            yield m
+        return
+    use = m.graph.producer(operand)
+    if use is None:
+        return
+    nid, slot = use
+    node = m.graph.node(nid)
+    if node.op_type != pattern.op_type or slot != pattern.out or (node.domain or "") != pattern.domain:
+        return
+    opset = m.graph.opset(pattern.domain)
+    if not _attributes_match(node, pattern, opset):
+        return
+    operands = logical_inputs(node, opset)
+    n = len(pattern.inputs)
+    if any(o is not None for o in operands[n:]):
+        return  # the node has operands the pattern does not account for
+    operands = (operands + [None] * n)[:n]
+    m2 = m.copy()
+    m2.op_values[id(pattern)] = operand
+    if nid not in m2.nodes:
+        m2.nodes.append(nid)
+    if pattern.name:
+        m2.named_nodes[pattern.name] = nid
+    orders = [operands]
+    if pattern.commute and n == 2 and operands[0] != operands[1]:
+        orders.append([operands[1], operands[0]])
+    for ordered in orders:
+        yield from _match_operands(pattern.inputs, ordered, m2)
+
+
+def _match_operands(patterns: list[Pattern], operands: list[Operand], m: Match) -> Iterator[Match]:
+    if not patterns:
+        yield m
+        return
+    for m2 in match_value(patterns[0], operands[0], m):
+        yield from _match_operands(patterns[1:], operands[1:], m2)
+
+
+def _attributes_match(node: onnx.NodeProto, pattern: Op, opset: int) -> bool:
+    if not pattern.attrs:
+        return True
+    present = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    skip = logical_attribute_names(node.op_type, opset)
+    for name, expected in pattern.attrs.items():
+        if name in skip:
+            continue
+        actual = present[name] if name in present else schema_default(node.op_type, opset, node.domain, name)
+        if isinstance(actual, bytes):
+            actual = actual.decode()
+        if callable(expected):
+            if not expected(actual):
+                return False
+        elif actual != expected:
+            return False
+    return True
+
+
+@lru_cache(maxsize=4096)
+def schema_default(op_type: str, opset: int, domain: str, name: str):
+    """The default of an attribute per the op's schema at this opset (None when it has none)."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except Exception:
+        return None
+    attr = schema.attributes.get(name)
+    if attr is None or not attr.default_value.name:
+        return None
+    return helper.get_attribute_value(attr.default_value)
+
+
+def _constant_of(operand: Operand, graph: Graph) -> np.ndarray | None:
+    if isinstance(operand, Literal):
+        return operand.value
+    if isinstance(operand, str):
+        return graph.constant(operand)
+    return None
+
+
+def const_equals(value: np.ndarray, expected: float) -> bool:
+    """One-element constant equal to `expected` within its dtype's precision (6 == 6.0, 1/6 ~ 0.1666)."""
+    if value.size != 1:
+        return False
+    if value.dtype == np.bool_ or value.dtype.kind in "OUS":
+        return False
+    try:
+        actual = float(value.reshape(-1)[0])
+    except (TypeError, ValueError):
+        return False
+    if np.issubdtype(value.dtype, np.integer):
+        return actual == float(expected)
+    eps = float(ml_dtypes.finfo(value.dtype).eps)  # ml_dtypes knows bfloat16 as well as numpy's floats
+    return abs(actual - expected) <= 4 * eps * abs(expected) + 1e-30

@@ -1,0 +1,300 @@
+"""Reading and writing ONNX files without losing anything.
+
+Why a module of its own: every way a model file can be wrong (missing, empty, truncated, not ONNX,
+external data missing or pointing outside the model's folder, an opset onnxruntime cannot run) must
+become one clear `ModelError`, and every write must be atomic so an interrupted run leaves either the
+old file or the new one, never half of one. Weights stored as external data are never read here:
+`load_model` keeps them as references and `save_model` streams their bytes from the source file to the
+destination file chunk by chunk, so a model over 2 GB costs memory for its graph, not its weights.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx.numpy_helper
+from google.protobuf.message import DecodeError
+
+from .errors import ModelError, UsageError
+
+# onnxruntime 1.31 runs default-domain opsets 7..26; onnx 1.23 would stamp 28 if asked for "latest".
+MIN_OPSET = 7
+MAX_OPSET = 26
+PROTOBUF_LIMIT = 2**31 - 1
+COPY_CHUNK = 64 << 20  # bytes streamed at a time when copying external data
+EXTERNAL_THRESHOLD = 1024  # tensors at least this large go to the data file when writing externally
+
+
+@dataclass
+class LoadedModel:
+    """A model plus where its external data lives (`base_dir`), so weights can be read lazily."""
+
+    model: onnx.ModelProto
+    path: Path | None
+    base_dir: Path | None
+
+    @property
+    def has_external_data(self) -> bool:
+        return any(uses_external_data(t) for t in iter_tensors(self.model.graph))
+
+
+def uses_external_data(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def iter_tensors(graph: onnx.GraphProto):
+    """Initializers and Constant-node tensors of a graph and its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from iter_tensors(g)
+
+
+def external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1 if not model.opset_import else 1
+
+
+def load_model(path: str | os.PathLike, check_opset: bool = True) -> LoadedModel:
+    """Parse `path` into a ModelProto without reading external weights; fail with one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"no such file: {path}")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, not an ONNX file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelError(f"{path} is empty (0 bytes): not an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        with open(path, "rb") as f:
+            model.ParseFromString(f.read())
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelError(f"{path} is not a valid ONNX file (protobuf parse failed: {exc}); "
+                         "is it truncated or a different format?") from None
+    if not model.HasField("graph") or (len(model.graph.node) == 0 and len(model.graph.output) == 0):
+        raise ModelError(f"{path} parses as protobuf but holds no ONNX graph: not an ONNX model")
+    if model.ir_version == 0:
+        raise ModelError(f"{path} has no ir_version: not an ONNX model")
+    loaded = LoadedModel(model=model, path=path, base_dir=path.resolve().parent)
+    check_external_data(loaded)
+    if check_opset:
+        check_opset_supported(model, str(path))
+    return loaded
+
+
+def from_proto(model: onnx.ModelProto, base_dir: str | os.PathLike | None = None) -> LoadedModel:
+    """Wrap an in-memory ModelProto (library use); `base_dir` is where its external data lives."""
+    loaded = LoadedModel(model=model, path=None, base_dir=Path(base_dir).resolve() if base_dir else None)
+    check_external_data(loaded)
+    check_opset_supported(model, "model")
+    return loaded
+
+
+def check_opset_supported(model: onnx.ModelProto, what: str) -> None:
+    opset = default_opset(model)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ModelError(f"{what} uses default-domain opset {opset}; onnxruntime runs opsets "
+                         f"{MIN_OPSET}..{MAX_OPSET}, so fuser cannot validate it (convert it first)")
+
+
+def check_external_data(loaded: LoadedModel) -> None:
+    """Refuse external-data references that are missing, too short, or leave the model's folder."""
+    tensors = [t for t in iter_tensors(loaded.model.graph) if uses_external_data(t)]
+    if not tensors:
+        return
+    if loaded.base_dir is None:
+        raise ModelError("the model references external data but no folder was given to read it from")
+    base = loaded.base_dir.resolve()
+    sizes: dict[Path, int] = {}
+    for t in tensors:
+        info = external_info(t)
+        location = info.get("location", "")
+        target = resolve_location(base, location, t.name)
+        if target not in sizes:
+            if not target.is_file():
+                raise ModelError(f"external data file '{location}' for tensor '{t.name}' is missing "
+                                 f"(looked in {base})")
+            sizes[target] = target.stat().st_size
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else sizes[target] - offset
+        if offset < 0 or length < 0 or offset + length > sizes[target]:
+            raise ModelError(f"external data for tensor '{t.name}' runs past the end of '{location}' "
+                             f"(offset {offset} + length {length} > {sizes[target]} bytes): truncated?")
+
+
+def resolve_location(base: Path, location: str, tensor_name: str) -> Path:
+    """The file an external-data `location` names, refusing paths that escape `base` (untrusted models)."""
+    if not location:
+        raise ModelError(f"tensor '{tensor_name}' is marked external but names no location")
+    if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location.split("/")[0]:
+        raise ModelError(f"tensor '{tensor_name}' points at absolute path '{location}'; "
+                         "external data must sit in the model's folder")
+    target = (base / location).resolve()
+    if base != target and base not in target.parents:
+        raise ModelError(f"tensor '{tensor_name}' points at '{location}', outside the model's folder; "
+                         "refused (an untrusted model must not read other files)")
+    return target
+
+
+def serialized_size(model: onnx.ModelProto) -> int:
+    return model.ByteSize()
+
+
+def save_model(loaded: LoadedModel, model: onnx.ModelProto, path: str | os.PathLike,
+               external_data: bool | None = None) -> list[Path]:
+    """Write `model` to `path` atomically and return the files written.
+
+    `external_data`: None keeps the input's choice (external if the input had external data or the
+    result would pass protobuf's 2 GB limit), True forces a `PATH.data` file beside the output, False
+    forbids it (and fails clearly when the model cannot fit in one protobuf). `loaded` tells where the
+    external tensors referenced by `model` can be read from.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        raise UsageError(f"output folder {path.parent} does not exist")
+    if loaded.path is not None and path.resolve() == loaded.path.resolve():
+        raise UsageError(f"refusing to overwrite the input file {path}; choose another output path")
+    inline_bytes = _inline_tensor_bytes(model.graph)
+    referenced = any(uses_external_data(t) for t in iter_tensors(model.graph))
+    too_big = model.ByteSize() >= PROTOBUF_LIMIT
+    if external_data is False and (referenced or too_big):
+        raise UsageError(f"the model holds {inline_bytes / 2**30:.2f} GiB of inline weights"
+                         + (" and external weights" if referenced else "")
+                         + "; it cannot be written as a single protobuf (limit 2 GB): "
+                           "allow external data")
+    if external_data is None:
+        external_data = referenced or too_big
+    if not external_data:
+        return [_atomic_write_bytes(path, model.SerializeToString())]
+    return _save_with_external_data(loaded, model, path)
+
+
+def _inline_tensor_bytes(graph: onnx.GraphProto) -> int:
+    return sum(len(t.raw_data) for t in iter_tensors(graph))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return path
+
+
+def _unlink_quietly(p) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def _save_with_external_data(loaded: LoadedModel, model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Stream every large tensor into `PATH.data` and write the graph to `PATH`, both atomically.
+
+    The model proto is copied shallowly per tensor: tensors whose bytes are already external are
+    copied file-to-file in chunks; in-memory tensors over the threshold are written from memory.
+    The data file is renamed into place first; the graph file last, so a reader never sees a graph
+    that points at data not yet written.
+    """
+    data_name = path.name + ".data"
+    data_path = path.parent / data_name
+    out = onnx.ModelProto()
+    out.CopyFrom(model)  # the proto is small here: raw bytes of external tensors are not in it
+    fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=path.parent)
+    sources: dict[Path, object] = {}
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            for tensor in iter_tensors(out.graph):
+                if uses_external_data(tensor):
+                    info = external_info(tensor)
+                    src_path = resolve_location(loaded.base_dir, info["location"], tensor.name)
+                    if src_path not in sources:
+                        sources[src_path] = open(src_path, "rb")
+                    offset = int(info.get("offset", 0))
+                    length = int(info["length"]) if "length" in info else src_path.stat().st_size - offset
+                    start = _align(dst)
+                    _copy_range(sources[src_path], dst, offset, length)
+                elif len(tensor.raw_data) >= EXTERNAL_THRESHOLD or _large_typed_data(tensor):
+                    if not tensor.raw_data:
+                        _to_raw(tensor)
+                    start = _align(dst)
+                    dst.write(tensor.raw_data)
+                    length = len(tensor.raw_data)
+                    tensor.ClearField("raw_data")
+                else:
+                    continue
+                del tensor.external_data[:]
+                for key, value in (("location", data_name), ("offset", str(start)), ("length", str(length))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+            dst.flush()
+            os.fsync(dst.fileno())
+        for f in sources.values():
+            f.close()
+        if out.ByteSize() >= PROTOBUF_LIMIT:
+            raise ModelError("the graph alone (without weights) is over protobuf's 2 GB limit")
+        graph_bytes = out.SerializeToString()
+        os.replace(tmp_data, data_path)
+        _atomic_write_bytes(path, graph_bytes)
+    except BaseException:
+        for f in sources.values():
+            f.close()
+        _unlink_quietly(tmp_data)
+        raise
+    return [path, data_path]
+
+
+def _large_typed_data(tensor: onnx.TensorProto) -> bool:
+    n = 1
+    for d in tensor.dims:
+        n *= d
+    return n * 4 >= EXTERNAL_THRESHOLD and not tensor.raw_data and tensor.data_type != onnx.TensorProto.STRING
+
+
+def _to_raw(tensor: onnx.TensorProto) -> None:
+    array = onnx.numpy_helper.to_array(tensor)
+    raw = onnx.numpy_helper.from_array(array, tensor.name)
+    tensor.CopyFrom(raw)
+
+
+def _align(f, alignment: int = 64) -> int:
+    pos = f.tell()
+    pad = (-pos) % alignment
+    if pad:
+        f.write(b"\0" * pad)
+    return pos + pad
+
+
+def _copy_range(src, dst, offset: int, length: int) -> None:
+    src.seek(offset)
+    remaining = length
+    while remaining:
+        chunk = src.read(min(COPY_CHUNK, remaining))
+        if not chunk:
+            raise ModelError("external data file ended early while copying weights")
+        dst.write(chunk)
+        remaining -= len(chunk)

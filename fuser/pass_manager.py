@@ -1,0 +1,117 @@
+"""Ordered passes run to a fixed point, with a cap, statistics, and stated preconditions.
+
+A pass is an object with a `name`, optional `requires` (names of conditions in `CONDITIONS`, checked
+before its first run) and `run(graph, ctx) -> bool` that says whether it changed the graph — that flag
+is what makes the fixed point cheap: a round in which no pass changed anything ends the loop.
+When a fusion needs a higher opset and upgrades are allowed, the rule pass raises `UpgradeNeeded`; the
+manager upgrades the model once (see `opset.upgrade`) and carries on with the upgraded graph.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import onnx
+
+from .errors import ModelError
+from .graph import Graph
+from .options import Options
+from .report import Report
+from .rule import UpgradeNeeded
+
+
+class Pass(Protocol):
+    name: str
+    requires: tuple[str, ...]
+
+    def run(self, graph: Graph, ctx: Context) -> bool: ...
+
+
+@dataclass
+class Context:
+    """What passes share during one run: the options, the report, and derived limits."""
+
+    options: Options
+    report: Report
+    max_opset: int
+    allow_upgrade: bool = True
+    progress: Callable[[str], None] = lambda msg: None
+    upgrades_failed: set[int] = field(default_factory=set)
+
+    @property
+    def target(self) -> str:
+        return self.options.target
+
+    @property
+    def disabled(self) -> frozenset[str]:
+        return self.options.disabled
+
+
+def _acyclic(graph: Graph) -> str | None:
+    graph.topological_order()  # raises ModelError naming the cycle
+    return None
+
+
+def _checker_valid(graph: Graph) -> str | None:
+    try:
+        onnx.checker.check_model(graph.to_model())
+    except onnx.checker.ValidationError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+CONDITIONS: dict[str, Callable[[Graph], str | None]] = {
+    "acyclic": _acyclic,
+    "checker-valid": _checker_valid,
+}
+
+
+class PassManager:
+    def __init__(self, passes: Sequence[Pass], max_iterations: int = 8):
+        self.passes = list(passes)
+        self.max_iterations = max_iterations
+
+    def run(self, graph: Graph, ctx: Context) -> Graph:
+        from .opset import upgrade
+
+        checked: set[str] = set()
+        report = ctx.report
+        for iteration in range(1, self.max_iterations + 1):
+            report.iterations = iteration
+            changed = False
+            for p in self.passes:
+                for condition in p.requires:
+                    if condition not in checked:
+                        problem = CONDITIONS[condition](graph)
+                        if problem:
+                            raise ModelError(f"pass '{p.name}' needs a {condition} graph: {problem}")
+                        checked.add(condition)
+                stats = report.pass_stats(p.name)
+                ctx.progress(f"round {iteration}: {p.name} ({len(graph)} nodes)")
+                start = time.perf_counter()
+                try:
+                    modified = p.run(graph, ctx)
+                except UpgradeNeeded as need:
+                    stats.time_s += time.perf_counter() - start
+                    upgraded = upgrade(graph, need.opset, ctx)
+                    if upgraded is not None:
+                        graph = upgraded
+                        changed = True
+                        checked.clear()
+                        break  # restart the round on the upgraded graph
+                    continue
+                stats.time_s += time.perf_counter() - start
+                stats.runs += 1
+                if modified:
+                    stats.modified += 1
+                    changed = True
+            if not changed:
+                report.reached_fixed_point = True
+                return graph
+        report.reached_fixed_point = False
+        report.note(f"stopped after {self.max_iterations} rounds without reaching a fixed point "
+                    "(raise --max-iterations)")
+        return graph

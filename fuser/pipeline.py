@@ -1,0 +1,88 @@
+"""`optimize`: load, fuse and clean to a fixed point, check, and report — fuser's main job as a library call.
+
+    model, report = fuser.optimize("model.onnx")                 # -> (onnx.ModelProto, Report)
+    report = fuser.optimize_file("in.onnx", "out.onnx")         # also writes the result atomically
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import onnx
+
+from .errors import ModelError
+from .graph import Graph
+from .model_io import LoadedModel, from_proto, load_model, save_model
+from .options import Options
+from .pass_manager import Context, PassManager
+from .report import ModelSummary, Report
+
+ModelLike = str | os.PathLike | onnx.ModelProto | LoadedModel
+
+
+def load(model: ModelLike) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, onnx.ModelProto):
+        return from_proto(model)
+    return load_model(model)
+
+
+def optimize(model: ModelLike, options: Options | None = None, passes=None, *, progress=None,
+             **option_values) -> tuple[onnx.ModelProto, Report]:
+    """Optimize a model (path, ModelProto or LoadedModel); returns the new model and the report.
+
+    `options` or keyword arguments (`target="tensorrt"`, `rules=("layernorm",)`...) choose what runs;
+    `passes` replaces the default pipeline (tests and custom pipelines).
+    """
+    optimized, report, _ = _run(load(model), options or Options(**option_values), passes, progress)
+    return optimized, report
+
+
+def optimize_file(src: str | os.PathLike, dst: str | os.PathLike, options: Options | None = None,
+                  passes=None, *, progress=None) -> Report:
+    """Optimize the file `src` into `dst` (external data written beside `dst` when needed)."""
+    options = options or Options()
+    loaded = load_model(src)
+    optimized, report, _ = _run(loaded, options, passes, progress)
+    written = save_model(loaded, optimized, dst, external_data=options.external_data)
+    report.output = ModelSummary.of(optimized, written[0])
+    report.extra["output_files"] = [str(p) for p in written]
+    return report
+
+
+def _run(loaded: LoadedModel, options: Options, passes, progress) -> tuple[onnx.ModelProto, Report, Graph]:
+    from .passes import default_passes
+
+    start = time.perf_counter()
+    report = Report(options=options.to_dict())
+    report.input = ModelSummary.of(loaded.model, loaded.path)
+    input_valid = _checker_problem(loaded.model) is None
+    if not input_valid:
+        report.warnings.append(f"the input does not pass onnx.checker: {_checker_problem(loaded.model)}")
+    graph = Graph(loaded)
+    ctx = Context(options=options, report=report, max_opset=options.max_opset_for(graph.opset()),
+                  allow_upgrade=options.allow_upgrade, progress=progress or (lambda msg: None))
+    manager = PassManager(passes if passes is not None else default_passes(options), options.max_iterations)
+    graph = manager.run(graph, ctx)
+    optimized = graph.to_model()
+    if input_valid:
+        problem = _checker_problem(optimized)
+        if problem:
+            raise ModelError(f"fuser produced a model that fails onnx.checker ({problem}); the input was "
+                             "left untouched and nothing was written — please report this")
+    report.output = ModelSummary.of(optimized)
+    report.time_s = time.perf_counter() - start
+    return optimized, report, graph
+
+
+def _checker_problem(model: onnx.ModelProto) -> str | None:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        return str(exc).strip().splitlines()[0][:300]
+    except Exception as exc:  # the checker can also fail on sizes; treat as "could not check"
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
+

@@ -1,0 +1,238 @@
+"""A fusion rule is a declaration: what it matches, when it refuses (with a reason), what it builds.
+
+    HARD_SIGMOID = Rule(
+        name="hardsigmoid", family="hsigmoid", emits="HardSigmoid", min_opset=6,
+        pattern=op.Div(op.Clip(op.Add(x, 3.0), 0.0, 6.0), 6.0),
+        rewrite=lambda m, b: b.op("HardSigmoid", m["x"], alpha=1 / 6, beta=0.5),
+    )
+
+`apply_rule` is the engine that runs one rule over a graph: candidates come from the index of the
+pattern's root op; every structural match then passes, in order, the rule's check, the safety check
+(no value the match would remove is used outside it or is a graph output) and the opset check (the
+model's opset is at least what the emitted ops need, or may be upgraded to it). The first refusal of a
+candidate is kept as a near miss, with its reason, for the report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .graph import Graph
+from .matcher import Match, match_value
+from .op_forms import Literal
+from .pattern import Pattern
+
+TARGETS = ("generic", "tensorrt", "onnxruntime")
+MAX_MATCHES_PER_CANDIDATE = 64  # alternatives x commutations explored at one root before giving up
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    family: str
+    pattern: Pattern
+    rewrite: Callable[[Match, Rewriter], str | dict[str, str]]
+    check: Callable[[Match], str | None] | None = None
+    emits: str = ""
+    min_opset: int = 1
+    spellings: tuple[str, ...] = ()
+    targets: tuple[str, ...] = TARGETS
+    doc: str = ""
+
+    def root_ops(self) -> list[str]:
+        ops = self.pattern.root_ops()
+        if not ops:
+            raise ValueError(f"rule {self.name}: the pattern's root must be an op (or alternatives of ops)")
+        return sorted(ops)
+
+
+@dataclass
+class RuleStats:
+    attempts: int = 0
+    matches: int = 0
+    hits: int = 0
+    time_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"attempts": self.attempts, "matches": self.matches, "hits": self.hits,
+                "time_s": round(self.time_s, 6)}
+
+
+@dataclass
+class Fusion:
+    """One applied rewrite, with provenance: the nodes it removed and the nodes it created."""
+
+    rule: str
+    family: str
+    key: str  # rule@root-value: stable across runs, used to disable (roll back) this instance
+    root: str
+    replaced: list[str]
+    created: list[str]
+    created_ops: list[str]
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class NearMiss:
+    rule: str
+    family: str
+    at: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class UpgradeNeeded(Exception):
+    """Raised inside the engine when a match needs a higher opset that the run may upgrade to."""
+
+    def __init__(self, opset: int):
+        self.opset = opset
+
+
+class Rewriter:
+    """What a rule's rewrite uses to build its replacement: ops, constants, operands."""
+
+    def __init__(self, graph: Graph, rule: Rule, match: Match, anchor: int, target: str):
+        self.graph = graph
+        self.rule = rule
+        self.match = match
+        self.anchor = anchor
+        self.target = target
+        self.created: list[int] = []
+        self._prefix = graph.node(anchor).name or rule.name
+
+    def op(self, op_type: str, *inputs: str | Literal | None, outputs: int = 1, domain: str = "",
+           **attrs) -> str | list[str]:
+        if domain not in ("", "ai.onnx") and self.target in ("tensorrt", "generic"):
+            raise RefusedRewrite(f"would emit {domain}.{op_type}, a non-standard op, for target '{self.target}'")
+        names = [self.operand(i) if i is not None else "" for i in inputs]
+        while names and not names[-1]:
+            names.pop()
+        doc = f"fuser:{self.rule.name}"
+        nid = self.graph.add_node(op_type, names, outputs, name=f"{self._prefix}/{self.rule.name}",
+                                  domain=domain, before=self.anchor, doc=doc,
+                                  **{k: v for k, v in attrs.items() if v is not None})
+        self.created.append(nid)
+        outs = list(self.graph.node(nid).output)
+        return outs[0] if outputs == 1 else outs
+
+    def const(self, value, hint: str = "const", dtype=None) -> str:
+        array = np.asarray(value, dtype=dtype) if dtype is not None else np.asarray(value)
+        return self.graph.add_initializer(f"{self._prefix}/{self.rule.name}/{hint}", array)
+
+    def operand(self, value: str | Literal) -> str:
+        """A graph value for an operand (attribute-borne literals become initializers)."""
+        if isinstance(value, Literal):
+            return self.const(value.value, "literal")
+        return value
+
+
+class RefusedRewrite(Exception):
+    """A rewrite that found, while building, that it cannot apply; carries the reason."""
+
+
+def unsafe_reason(match: Match, replaced: set[str]) -> str | None:
+    """Why removing the matched nodes would lose a value used elsewhere (None when it is safe)."""
+    g = match.graph
+    inside = set(match.nodes)
+    for nid in match.nodes:
+        node = g.node(nid)
+        for value in node.output:
+            if not value or value in replaced:
+                continue
+            if g.is_graph_output(value):
+                return f"value '{value}' inside the match is a graph output"
+            for user, _ in g.uses(value):
+                if user not in inside:
+                    return (f"value '{value}' (from '{node.name or node.op_type}') is also used outside the "
+                            f"match by '{g.node(user).name or g.node(user).op_type}'")
+    return None
+
+
+def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats) -> tuple[list[Fusion], list[NearMiss]]:
+    """Apply `rule` everywhere it matches, once per candidate; return fusions and near misses."""
+    fusions: list[Fusion] = []
+    near: list[NearMiss] = []
+    start = time.perf_counter()
+    candidates = sorted({nid for op_type in rule.root_ops() for nid in graph.by_op.get(op_type, ())},
+                        key=graph.order.__getitem__)
+    for nid in candidates:
+        if nid not in graph:
+            continue
+        stats.attempts += 1
+        node = graph.node(nid)
+        at = node.name or node.output[0]
+        reason = None
+        for slot, root_value in enumerate(node.output):
+            if not root_value:
+                continue
+            key = f"{rule.name}@{root_value}"
+            if key in ctx.disabled:
+                reason = reason or "rolled back: this instance changed the outputs in validation"
+                continue
+            for k, m in enumerate(match_value(rule.pattern, root_value, Match(graph, nid))):
+                if k >= MAX_MATCHES_PER_CANDIDATE:
+                    break
+                stats.matches += 1
+                refusal = (rule.check(m) if rule.check else None) or unsafe_reason(m, {root_value}) \
+                    or _opset_refusal(graph, rule, ctx)
+                if refusal:
+                    reason = reason or refusal
+                    continue
+                fusion = _rewrite(graph, rule, m, nid, root_value, key, ctx)
+                if isinstance(fusion, str):
+                    reason = reason or fusion
+                    continue
+                fusions.append(fusion)
+                stats.hits += 1
+                reason = None
+                break
+            else:
+                continue
+            break
+        if reason:
+            near.append(NearMiss(rule.name, rule.family, at, reason))
+    stats.time_s += time.perf_counter() - start
+    return fusions, near
+
+
+def _opset_refusal(graph: Graph, rule: Rule, ctx) -> str | None:
+    have = graph.opset()
+    if have >= rule.min_opset:
+        return None
+    if ctx.allow_upgrade and rule.min_opset <= ctx.max_opset:
+        raise UpgradeNeeded(rule.min_opset)
+    if not ctx.allow_upgrade:
+        return (f"emits {rule.emits}, which needs opset {rule.min_opset}; the model has opset {have} "
+                "and upgrades are disabled")
+    return (f"emits {rule.emits}, which needs opset {rule.min_opset}; the target opset is {ctx.max_opset} "
+            f"(raise it with --target-opset {rule.min_opset})")
+
+
+def _rewrite(graph: Graph, rule: Rule, m: Match, nid: int, root_value: str, key: str, ctx) -> Fusion | str:
+    builder = Rewriter(graph, rule, m, nid, ctx.target)
+    replaced_names = m.node_names()
+    try:
+        result = rule.rewrite(m, builder)
+    except RefusedRewrite as refusal:
+        for created in builder.created:
+            graph.remove_node(created)
+        return str(refusal)
+    mapping = result if isinstance(result, dict) else {root_value: result}
+    extra = set(mapping) - {root_value}
+    if extra and unsafe_reason(m, set(mapping)) is not None:
+        raise AssertionError("rewrite replaced values the safety check did not clear")
+    created_ops = [graph.node(c).op_type for c in builder.created]
+    for matched in m.nodes:
+        graph.remove_node(matched)
+    for old, new in mapping.items():
+        graph.substitute(old, new)
+    created = [graph.node(c).name for c in builder.created if c in graph]
+    return Fusion(rule.name, rule.family, key, replaced_names[0], replaced_names, created, created_ops)

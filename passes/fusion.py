@@ -1,0 +1,28 @@
+"""Apply the declarative fusion rules, rule by rule, each over all its candidates.
+
+Rule-major order is deliberate: a rule earlier in the list claims its nodes before a later, more
+general one sees them (LayerNorm before RMSNorm, whose pattern is a LayerNorm's tail).
+"""
+
+from __future__ import annotations
+
+from fuser.graph import Graph
+from fuser.rule import Rule, apply_rule
+
+
+class FusionPass:
+    name = "fusion"
+    requires = ("acyclic",)
+
+    def __init__(self, rules: list[Rule]):
+        self.rules = rules
+
+    def run(self, graph: Graph, ctx) -> bool:
+        modified = False
+        for rule in self.rules:
+            fusions, near = apply_rule(graph, rule, ctx, ctx.report.rule_stats(rule.name))
+            ctx.report.fusions.extend(fusions)
+            for miss in near:
+                ctx.report.add_near_miss(miss)
+            modified |= bool(fusions)
+        return modified
