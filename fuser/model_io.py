@@ -153,10 +153,6 @@ def resolve_location(base: Path, location: str, tensor_name: str) -> Path:
     return target
 
 
-def serialized_size(model: onnx.ModelProto) -> int:
-    return model.ByteSize()
-
-
 def save_model(loaded: LoadedModel, model: onnx.ModelProto, path: str | os.PathLike,
                external_data: bool | None = None) -> list[Path]:
     """Write `model` to `path` atomically and return the files written.
@@ -171,23 +167,37 @@ def save_model(loaded: LoadedModel, model: onnx.ModelProto, path: str | os.PathL
         raise UsageError(f"output folder {path.parent} does not exist")
     if loaded.path is not None and path.resolve() == loaded.path.resolve():
         raise UsageError(f"refusing to overwrite the input file {path}; choose another output path")
-    inline_bytes = _inline_tensor_bytes(model.graph)
-    referenced = any(uses_external_data(t) for t in iter_tensors(model.graph))
-    too_big = model.ByteSize() >= PROTOBUF_LIMIT
-    if external_data is False and (referenced or too_big):
-        raise UsageError(f"the model holds {inline_bytes / 2**30:.2f} GiB of inline weights"
-                         + (" and external weights" if referenced else "")
-                         + "; it cannot be written as a single protobuf (limit 2 GB): "
-                           "allow external data")
+    referenced = [t for t in iter_tensors(model.graph) if uses_external_data(t)]
+    external_bytes = sum(_external_length(loaded, t) for t in referenced)
+    total = model.ByteSize() + external_bytes
+    if external_data is False and total >= PROTOBUF_LIMIT:
+        raise UsageError(f"the model holds {total / 2**30:.2f} GiB with its weights; a single ONNX file "
+                         "cannot exceed protobuf's 2 GB limit: drop --no-external-data")
     if external_data is None:
-        external_data = referenced or too_big
+        external_data = bool(referenced) or total >= PROTOBUF_LIMIT
     if not external_data:
+        if referenced:  # small enough to inline: read the weights into a copy, never into `model`
+            model = _inlined(loaded, model)
         return [_atomic_write_bytes(path, model.SerializeToString())]
     return _save_with_external_data(loaded, model, path)
 
 
-def _inline_tensor_bytes(graph: onnx.GraphProto) -> int:
-    return sum(len(t.raw_data) for t in iter_tensors(graph))
+def _external_length(loaded: LoadedModel, tensor: onnx.TensorProto) -> int:
+    info = external_info(tensor)
+    if "length" in info:
+        return int(info["length"])
+    src = resolve_location(loaded.base_dir, info.get("location", ""), tensor.name)
+    return src.stat().st_size - int(info.get("offset", 0))
+
+
+def _inlined(loaded: LoadedModel, model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in iter_tensors(out.graph):
+        if uses_external_data(tensor):
+            array = onnx.numpy_helper.to_array(tensor, base_dir=str(loaded.base_dir))
+            tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
+    return out
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:

@@ -46,11 +46,13 @@ def main():
 
 
 def _register() -> None:
+    from .build import build
     from .optimize import optimize
     from .rules import rules
 
     main.add_command(optimize)
     main.add_command(rules)
+    main.add_command(build)
 
 
 _register()

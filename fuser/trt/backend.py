@@ -1,8 +1,10 @@
 """The one place that tells TensorRT and TensorRT-RTX apart.
 
 Both ship TensorRT's Python API (Builder, OnnxParser, IBuilderConfig, optimization profiles, timing cache, engine
-inspector); build.py is written once against it and asks this module wherever the two differ. `tensorrt` is preferred
-when importable; `FUSER_TRT_BACKEND=tensorrt|tensorrt_rtx` forces one.
+inspector); build.py is written once against it and asks this module wherever the two differ. `tensorrt` (10 or
+later: explicit batch by default, strongly typed networks) is preferred when importable; `FUSER_TRT_BACKEND=tensorrt|
+tensorrt_rtx` forces one. Only TensorRT-RTX could be installed and tested here (real TensorRT's wheels download from a
+host these machines cannot reach), so the `tensorrt` branches follow its documented API, untested.
 
 What TensorRT-RTX 1.7.1 does differently, measured on a CPU-only machine (no CUDA driver):
 

@@ -33,7 +33,8 @@ KNOWN_WARNINGS = (
         "with fp32 statistics"),
     KnownWarning(
         "timing-cache-unusable",
-        re.compile(r"Failed to deserialize timing cache|The timing cache will not be used|^timing cache .* could not be read"),
+        re.compile(r"Failed to deserialize timing cache|The timing cache will not be used"
+                   r"|^timing cache .* could not be read"),
         "the builder could not read the timing cache and started an empty one; TensorRT-RTX reads timing caches "
         "only with a CUDA driver present (and its engines do not depend on them)"),
     KnownWarning(
@@ -93,8 +94,8 @@ class BuildLog:
         """A warning of fuser's own, recognized like TensorRT's (so its text must match a KNOWN_WARNINGS row)."""
         self.lines.append(LogLine("warning", text, "fuser"))
 
-    def errors(self) -> list[str]:
-        return [line.text for line in self.lines if line.severity in ("error", "internal_error")]
+    def errors(self, since: int = 0) -> list[str]:
+        return [line.text for line in self.lines[since:] if line.severity in ("error", "internal_error")]
 
     def recognized(self, since: int = 0) -> list[RecognizedWarning]:
         """Known warnings among the lines from index `since` on, in table order; each line counts once."""

@@ -1,0 +1,345 @@
+"""Build a TensorRT (or TensorRT-RTX) engine from an ONNX model and report what the builder did.
+
+    profile = parse_profile("x:1x3x224x224,8x3x224x224,16x3x224x224")
+    result = build_engine("model.onnx", BuildOptions(profiles=(profile,), opt_level=3), output="model.plan")
+
+The report (`BuildResult.to_dict()`) records the options that ran, the network's and the engine's layers, the engine
+size and build time, the timing cache's fate, every parser and builder log line, and the warnings fuser recognizes
+in them. Failures are one-line fuser errors: a bad option or profile is a UsageError, a node the ONNX parser rejects or
+a builder failure is a ModelError naming what failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from fuser.errors import ModelError, UsageError
+from fuser.trt.backend import Backend, load_backend, visible_gpu
+from fuser.trt.logs import BuildLog, capture
+from fuser.trt.profiles import Profile, check_profiles, model_inputs, to_json
+
+PROTOBUF_LIMIT = 2**31 - 1
+# One line of the builder's verbose "Engine Layer Information" log:
+#   Layer(Myelin): {ForeignNode[conv0...relu0]}, Tactic: 0x0000000000000000, x (Float[-1,3,16,16]) -> y (...)
+ENGINE_LAYER = re.compile(r"Layer\((?P<type>[^)]*)\): (?P<name>.*?), Tactic: (?P<tactic>[^,]*), "
+                          r"(?P<inputs>.*?) ?-> (?P<outputs>.*)")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build. Each field is the `fuser build` option of the same name; None keeps the backend's default."""
+
+    profiles: tuple[Profile, ...] = ()  # one optimization profile each (parse_profile)
+    timing_cache: Path | None = None  # created when missing, reused when its key matches
+    opt_level: int | None = None  # builder optimization level 0..5
+    refit: bool = False
+    version_compatible: bool = False  # TensorRT only
+    hardware_compat: str | None = None  # none | ampere_plus | same_compute_capability; TensorRT only
+    tactic_sources: str | None = None  # "A,B": exactly these; "+A,-B": the default set changed
+    max_aux_streams: int | None = None
+    workspace_mib: int | None = None
+    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets ("8.6", "12.0", "current"); default: portable
+    fp16: bool = False  # TensorRT only: RTX takes precision from the graph
+    bf16: bool = False  # TensorRT only
+    tf32: bool | None = None
+    backend: str | None = None  # tensorrt | tensorrt_rtx; default: $FUSER_TRT_BACKEND, else tensorrt if importable
+
+    def to_dict(self) -> dict:
+        options = dataclasses.asdict(self)
+        options["profiles"] = [to_json(profile) for profile in self.profiles]
+        options["timing_cache"] = str(self.timing_cache) if self.timing_cache else None
+        options["compute_capabilities"] = list(self.compute_capabilities)
+        return options
+
+
+@dataclass
+class BuildResult:
+    backend: str
+    backend_version: str
+    engine: bytes = field(repr=False)
+    engine_path: Path | None
+    build_seconds: float
+    network_layers: list[dict]  # name, type, precision (the type of its first output)
+    engine_layers: list[dict]
+    engine_layers_source: str  # "inspector" (IEngineInspector, JSON) or "builder-log" (no GPU to load the engine)
+    timing_cache: dict | None
+    options: BuildOptions
+    log: BuildLog = field(repr=False)
+
+    @property
+    def engine_size(self) -> int:
+        return len(self.engine)
+
+    @property
+    def warnings(self):
+        return self.log.recognized()
+
+    def to_dict(self) -> dict:
+        return {
+            "backend": {"name": self.backend, "version": self.backend_version},
+            "options": self.options.to_dict(),
+            "network": {"layer_count": len(self.network_layers), "layers": self.network_layers},
+            "engine": {"path": str(self.engine_path) if self.engine_path else None, "size_bytes": self.engine_size,
+                       "build_seconds": round(self.build_seconds, 3), "layers": self.engine_layers,
+                       "layers_source": self.engine_layers_source},
+            "timing_cache": self.timing_cache,
+            "warnings": [warning.to_dict() for warning in self.warnings],
+            "log": [line.to_dict() for line in self.log.lines],
+        }
+
+
+def build_engine(model: str | Path | onnx.ModelProto, options: BuildOptions | None = None,
+                 output: str | Path | None = None) -> BuildResult:
+    """Parse `model` with the ONNX parser, build it with `options`, write the engine to `output` if given."""
+    options = options or BuildOptions()
+    backend = load_backend(options.backend)
+    for target in filter(None, (output, options.timing_cache)):
+        if not Path(target).parent.is_dir():
+            raise UsageError(f"{target}: folder {Path(target).parent} does not exist")
+    with _onnx_file(model) as (path, proto), capture(backend.trt) as (logger, log):
+        check_profiles(list(options.profiles), model_inputs(proto))
+        log.phase = "configure"
+        builder = backend.trt.Builder(logger)
+        config = builder.create_builder_config()
+        _configure(backend, builder, config, options, log)
+        log.phase = "parse"
+        weakly_typed = bool(backend.precision_flags(options.fp16, options.bf16))
+        network = backend.create_network(builder, weakly_typed)
+        parser = backend.trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(path)):
+            raise _parser_failure(backend, parser, proto, model)
+        network_layers = _network_layers(network)
+        log.phase = "build"
+        cache = _TimingCache(Path(options.timing_cache), backend, options) if options.timing_cache else None
+        if cache:
+            cache.attach(config, log)
+        build_start, started = len(log.lines), time.perf_counter()
+        serialized = builder.build_serialized_network(network, config)
+        seconds = time.perf_counter() - started
+        if serialized is None:
+            raise _build_failure(backend, log, build_start)
+        engine = bytes(serialized)
+        if cache:
+            cache.save(config)
+        log.phase = "inspect"
+        engine_layers, source = _engine_layers(backend, logger, engine, log)
+    if output is not None:
+        _write_atomic(Path(output), engine)
+    return BuildResult(backend.name, backend.version, engine, Path(output) if output else None, seconds,
+                       network_layers, engine_layers, source, cache.to_dict() if cache else None, options, log)
+
+
+@contextlib.contextmanager
+def _onnx_file(model):
+    """Yield (a file TensorRT can parse, the model without its external tensor data).
+
+    TensorRT parses from a file so that external data beside the model is found; a ModelProto is saved to a temporary
+    folder first (with its tensors as external data when it is too big for one protobuf).
+    """
+    if isinstance(model, onnx.ModelProto):
+        with tempfile.TemporaryDirectory(prefix="fuser-trt-") as folder:
+            path = Path(folder) / "model.onnx"
+            if model.ByteSize() > PROTOBUF_LIMIT:
+                copy = onnx.ModelProto()
+                copy.CopyFrom(model)  # saving as external data rewrites the tensors it saves
+                onnx.save_model(copy, path, save_as_external_data=True, location="model.onnx.data")
+            else:
+                onnx.save_model(model, path)
+            yield path, model
+        return
+    path = Path(model)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as error:  # protobuf raises several unrelated types for a file that is not ONNX
+        raise ModelError(f"{path} is not a readable ONNX model: {error}") from None
+    yield path, proto
+
+
+def _configure(backend: Backend, builder, config, options: BuildOptions, log: BuildLog) -> None:
+    """Apply `options` to the builder config; UsageError for a value the backend cannot take."""
+    trt = backend.trt
+    for text in backend.ignored_options(options):
+        log.warn(text)
+    if options.opt_level is not None:
+        config.builder_optimization_level = options.opt_level
+    if options.refit:
+        config.set_flag(trt.BuilderFlag.REFIT)
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options.hardware_compat:
+        backend.set_hardware_compat(config, options.hardware_compat)
+    if options.tactic_sources is not None:
+        config.set_tactic_sources(_tactic_mask(backend, options.tactic_sources, config.get_tactic_sources()))
+    if options.max_aux_streams is not None:
+        config.max_aux_streams = options.max_aux_streams
+    if options.workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    for flag in backend.precision_flags(options.fp16, options.bf16):
+        config.set_flag(flag)
+    if options.tf32 is not None:
+        (config.set_flag if options.tf32 else config.clear_flag)(trt.BuilderFlag.TF32)
+    backend.set_targets(config, tuple(options.compute_capabilities))
+    for profile in options.profiles:
+        trt_profile = builder.create_optimization_profile()
+        for name, shapes in profile.items():
+            trt_profile.set_shape(name, *shapes)
+        config.add_optimization_profile(trt_profile)
+
+
+def _tactic_mask(backend: Backend, spec: str, default: int) -> int:
+    """`A,B` enables exactly A and B; `+A,-B` adds A to and removes B from the default set."""
+    sources = backend.trt.TacticSource.__members__
+    items = [item.strip() for item in spec.split(",") if item.strip()]
+    mask = default if any(item[0] in "+-" for item in items) else 0
+    for item in items:
+        name = item.lstrip("+-").upper()
+        if name not in sources:
+            raise UsageError(f"--tactic-sources: {backend.label} has no tactic source '{name}' "
+                             f"(it has {', '.join(sources)})")
+        bit = 1 << int(sources[name])
+        mask = mask & ~bit if item[0] == "-" else mask | bit
+    return mask
+
+
+def _network_layers(network) -> list[dict]:
+    layers = []
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        precision = layer.get_output_type(0).name if layer.num_outputs else None
+        layers.append({"name": layer.name, "type": layer.type.name, "precision": precision})
+    return layers
+
+
+def _parser_failure(backend: Backend, parser, proto: onnx.ModelProto, model) -> ModelError:
+    """One line for the parser's first error, naming the ONNX node it is about."""
+    source = "the model" if isinstance(model, onnx.ModelProto) else str(model)
+    if not parser.num_errors:
+        return ModelError(f"{backend.label} could not parse {source}")
+    error = parser.get_error(0)
+    reason = error.desc().strip().splitlines()[0]
+    if "Plugin not found" in reason:
+        reason = "TensorRT has no importer for this op and no plugin registered for it"
+    more = f" (and {parser.num_errors - 1} more errors)" if parser.num_errors > 1 else ""
+    index = error.node()
+    if index < 0:
+        return ModelError(f"{backend.label} could not parse {source}: {reason}{more}")
+    node = proto.graph.node[index] if index < len(proto.graph.node) else None
+    if node is not None and node.op_type != error.node_operator():
+        node = None  # an error inside a subgraph counts nodes there
+    name = error.node_name() or (node.name if node else "")
+    op = f"{node.domain} {node.op_type}" if node is not None and node.domain else error.node_operator()
+    where = f"'{name}' (#{index}, {op})" if name else f"#{index} ({op})"
+    return ModelError(f"{backend.label}'s ONNX parser rejected node {where} in {source}: {reason}{more}")
+
+
+def _build_failure(backend: Backend, log: BuildLog, build_start: int) -> ModelError:
+    """The builder's last error of this build, with fuser's explanation where it recognizes it."""
+    errors = log.errors(build_start)
+    reason = errors[-1].strip().splitlines()[0] if errors else "the builder returned no engine and logged no error"
+    hint = next((w.explanation for w in log.recognized(build_start) if errors and errors[-1] in w.lines), None)
+    return ModelError(f"{backend.label} could not build the engine: {reason}" + (f" ({hint})" if hint else ""))
+
+
+class _TimingCache:
+    """`--timing-cache FILE`, keyed in FILE.meta.json: loaded when the key matches this build, then written back.
+
+    The key is backend, version, the visible GPU's compute capability and (TensorRT-RTX) the target compute
+    capabilities. A cache with another key, or none, is a warning: this build starts empty and replaces it.
+    """
+
+    def __init__(self, path: Path, backend: Backend, options: BuildOptions):
+        self.path, self.backend = path, backend
+        self.meta_path = path.with_name(path.name + ".meta.json")
+        self.key = {"backend": backend.name, "version": backend.version, "gpu": visible_gpu(),
+                    "targets": backend.targets(tuple(options.compute_capabilities))}
+        self.status = "created"  # then "loaded" (given to the builder) or "replaced" (key mismatch)
+        self.accepted: bool | None = None  # whether the builder could read what was loaded
+        self.bytes_written = 0
+        self._cache = None  # held here: TensorRT needs it alive until the engine is built
+
+    def attach(self, config, log: BuildLog) -> None:
+        data = b""
+        if self.path.exists():
+            stored = self._stored_key()
+            if stored == self.key:
+                data, self.status = self.path.read_bytes(), "loaded"
+            else:
+                self.status = "replaced"
+                log.warn(f"timing cache {self.path} has no readable key in {self.meta_path.name}" if stored is None
+                         else f"timing cache {self.path} was made for {stored}, this build is {self.key}")
+        mark = len(log.lines)
+        with self.backend.quiet():
+            try:
+                self._cache = config.create_timing_cache(data)
+            except (RuntimeError, TypeError, ValueError):  # TensorRT-RTX logs and returns an empty cache instead
+                self._cache = None
+            if self._cache is None or not config.set_timing_cache(self._cache, False):
+                log.warn(f"timing cache {self.path} could not be read by the builder; starting an empty one")
+                self._cache = config.create_timing_cache(b"")
+                config.set_timing_cache(self._cache, False)
+        if data:
+            self.accepted = not any(w.id == "timing-cache-unusable" for w in log.recognized(mark))
+
+    def _stored_key(self) -> dict | None:
+        try:
+            return json.loads(self.meta_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def save(self, config) -> None:
+        with self.backend.quiet():
+            data = bytes(config.get_timing_cache().serialize())
+        _write_atomic(self.path, data)
+        _write_atomic(self.meta_path, json.dumps(self.key, indent=1).encode())
+        self.bytes_written = len(data)
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "status": self.status, "accepted_by_builder": self.accepted,
+                "bytes_written": self.bytes_written, "key": self.key}
+
+
+def _engine_layers(backend: Backend, logger, engine: bytes, log: BuildLog) -> tuple[list[dict], str]:
+    """The engine's layers from IEngineInspector (JSON) where the engine loads, else from the builder's log.
+
+    Loading needs a GPU the engine supports: never on a CPU-only machine, and not for TensorRT-RTX on an H100/H200.
+    """
+    if visible_gpu():
+        cuda_engine = backend.trt.Runtime(logger).deserialize_cuda_engine(engine)
+        if cuda_engine is not None:
+            inspector = cuda_engine.create_engine_inspector()
+            info = json.loads(inspector.get_engine_information(backend.trt.LayerInformationFormat.JSON))
+            return [layer if isinstance(layer, dict) else {"name": layer} for layer in info.get("Layers", [])], \
+                "inspector"
+    for line in log.lines:
+        if line.text.startswith("Engine Layer Information:"):
+            matches = map(ENGINE_LAYER.fullmatch, line.text.splitlines()[1:])
+            return [match.groupdict() for match in matches if match], "builder-log"
+    return [], "builder-log"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder, so readers never see half a file."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
