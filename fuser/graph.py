@@ -60,8 +60,8 @@ class Graph:
         for position, node in enumerate(g.node):
             self._index_node(next(self._ids), node, (float(position), 0))
         self._check_unique_values()
-        if not self._is_sorted(sorted(self.nodes, key=self.order.__getitem__)):
-            self._sort_or_report_cycle()
+        self._order_valid = False  # True while the order keys are known to be a topological order
+        self.topological_order()
 
     # ---------------------------------------------------------------- queries
     def node(self, nid: int) -> onnx.NodeProto:
@@ -172,10 +172,14 @@ class Graph:
         return self._nx
 
     def topological_order(self) -> list[int]:
+        """Node ids in a topological order (the original order where edits kept it valid)."""
         order = sorted(self.nodes, key=self.order.__getitem__)
-        if self._is_sorted(order):
+        if self._order_valid or self._is_sorted(order):
+            self._order_valid = True
             return order
-        return self._sort_or_report_cycle()
+        order = self._sort_or_report_cycle()
+        self._order_valid = True
+        return order
 
     def reaches(self, src_value: str, dst_value: str) -> bool:
         """Does `dst_value` depend on `src_value`?"""
@@ -202,12 +206,14 @@ class Graph:
         if isinstance(outputs, int):
             base = name or op_type
             outputs = [self.fresh_name(f"{base}_out{i}" if outputs > 1 else f"{base}_out") for i in range(outputs)]
+        self._names.update(outputs)
         node = helper.make_node(op_type, list(inputs), list(outputs),
                                 name=self.fresh_node_name(name or op_type), domain=domain or None,
                                 doc_string=doc or None, **attrs)
         key = self.order[before][0] if before is not None else float("inf")
         nid = next(self._ids)
         self._index_node(nid, node, (key, next(self._seq)))
+        self._order_valid = False
         return nid
 
     def fresh_node_name(self, hint: str) -> str:
@@ -255,6 +261,7 @@ class Graph:
         if value:
             self.consumers.setdefault(value, []).append((nid, slot))
         self._nx = None
+        self._order_valid = False
 
     def replace_all_uses(self, old: str, new: str) -> None:
         """Point every consumer of `old` at `new`; a graph output named `old` is renamed or bridged."""
@@ -338,13 +345,17 @@ class Graph:
         self.nodes[nid] = node
         self.order[nid] = key
         self.by_op.setdefault(node.op_type, set()).add(nid)
-        for slot, value in enumerate(node.input):
+        consumers, producers = self.consumers, self.producers
+        for slot, value in enumerate(list(node.input)):
             if value:
-                self.consumers.setdefault(value, []).append((nid, slot))
-        for slot, value in enumerate(node.output):
+                uses = consumers.get(value)
+                if uses is None:
+                    consumers[value] = [(nid, slot)]
+                else:
+                    uses.append((nid, slot))
+        for slot, value in enumerate(list(node.output)):
             if value:
-                self.producers[value] = (nid, slot)
-                self._names.add(value)
+                producers[value] = (nid, slot)
         self._nx = None
 
     def _check_unique_values(self) -> None:
@@ -364,7 +375,7 @@ class Graph:
         if len(self._graph_outputs) != len(self.output_names):
             dup = next(n for n in self.output_names if self.output_names.count(n) > 1)
             raise ModelError(f"graph output '{dup}' is listed twice: duplicate output names")
-        self._names.update(self.initializers, self._graph_inputs)
+        self._names.update(self.initializers, self._graph_inputs, self.producers)
 
     def _is_sorted(self, order: Iterable[int]) -> bool:
         seen: set[str] = set(self.initializers) | self._graph_inputs | {""}

@@ -10,7 +10,6 @@ across opsets (via `op_forms`), and schema defaults for absent attributes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import lru_cache
 
 import ml_dtypes
@@ -23,57 +22,65 @@ from .op_forms import Literal, Operand, logical_attribute_names, logical_inputs
 from .pattern import Const, OneOf, Op, Pattern, Var
 
 
-@dataclass
 class Match:
-    """What a pattern bound: values by variable name, constants by name, nodes by name, all nodes."""
+    """What a pattern bound: values by variable name, constants by name, nodes by name, all nodes.
 
-    graph: Graph
-    root: int
-    values: dict[str, Operand] = field(default_factory=dict)
-    consts: dict[str, np.ndarray] = field(default_factory=dict)
-    named_nodes: dict[str, int] = field(default_factory=dict)
-    nodes: list[int] = field(default_factory=list)
-    op_values: dict[int, str] = field(default_factory=dict)  # id(Op pattern) -> value it matched
+    Bindings live in one dict keyed by (kind, name) so that branching (alternatives, commutation)
+    copies one dict and one list.
+    """
 
-    def __getitem__(self, name: str) -> str:
+    __slots__ = ("graph", "root", "bound", "nodes")
+
+    def __init__(self, graph: Graph, root: int, bound: dict | None = None, nodes: list[int] | None = None):
+        self.graph = graph
+        self.root = root
+        self.bound = bound if bound is not None else {}
+        self.nodes = nodes if nodes is not None else []
+
+    def __getitem__(self, name: str) -> Operand:
         """The graph value bound to variable `name` (a Literal is materialized by the rewrite builder)."""
-        return self.values[name]
+        return self.bound[("v", name)]
 
     def const(self, name: str) -> np.ndarray | None:
         """The constant value bound to `name` (a `Const(name=...)` or a `Var` that is constant)."""
-        if name in self.consts:
-            return self.consts[name]
-        value = self.values.get(name)
+        if ("c", name) in self.bound:
+            return self.bound[("c", name)]
+        value = self.bound.get(("v", name))
         if isinstance(value, Literal):
             return value.value
         return self.graph.constant(value) if value else None
 
     def node(self, name: str) -> onnx.NodeProto:
-        return self.graph.node(self.named_nodes[name])
+        return self.graph.node(self.bound[("n", name)])
+
+    def node_id(self, name: str) -> int:
+        return self.bound[("n", name)]
 
     def has(self, name: str) -> bool:
-        return name in self.values or name in self.consts or name in self.named_nodes
+        return any((kind, name) in self.bound for kind in ("v", "c", "n"))
 
     def node_names(self) -> list[str]:
         return [self.graph.node(n).name or self.graph.node(n).op_type for n in self.nodes]
 
     def copy(self) -> Match:
-        return Match(self.graph, self.root, dict(self.values), dict(self.consts), dict(self.named_nodes),
-                     list(self.nodes), dict(self.op_values))
+        return Match(self.graph, self.root, dict(self.bound), list(self.nodes))
 
 
 def match_value(pattern: Pattern, operand: Operand, m: Match) -> Iterator[Match]:
     """Every way `pattern` matches `operand`, each as an extended copy of `m`."""
     if isinstance(pattern, OneOf):
+        producer_op = _producer_op(operand, m.graph)
         for alt in pattern.alternatives:
-            yield from match_value(alt, operand, m)
+            ops = alt.root_ops()
+            if not ops or producer_op in ops:  # skip alternatives that cannot match before descending
+                yield from match_value(alt, operand, m)
     elif isinstance(pattern, Var):
-        bound = m.values.get(pattern.name, _UNBOUND)
+        bound = m.bound.get(("v", pattern.name), _UNBOUND)
         if bound is _UNBOUND:
             if operand is None:
                 return
             m2 = m.copy()
-            m2.values[pattern.name] = operand
+            m2.bound[("v", pattern.name)] = operand
             yield m2
         elif bound == operand:
             yield m
@@ -81,16 +88,17 @@ def match_value(pattern: Pattern, operand: Operand, m: Match) -> Iterator[Match]
         value = _constant_of(operand, m.graph)
         if value is None or (pattern.value is not None and not const_equals(value, pattern.value)):
             return
+        key = ("c", pattern.name)
         if pattern.name is None:
             yield m
-        elif pattern.name in m.consts:
-            if np.array_equal(m.consts[pattern.name], value):
+        elif key in m.bound:
+            if np.array_equal(m.bound[key], value):
                 yield m
         else:
             m2 = m.copy()
-            m2.consts[pattern.name] = value
+            m2.bound[key] = value
             if isinstance(operand, str):
-                m2.values[pattern.name] = operand
+                m2.bound[("v", pattern.name)] = operand
             yield m2
     elif isinstance(pattern, Op):
         yield from _match_op(pattern, operand, m)
@@ -101,10 +109,17 @@ def match_value(pattern: Pattern, operand: Operand, m: Match) -> Iterator[Match]
 _UNBOUND = object()
 
 
+def _producer_op(operand: Operand, graph: Graph) -> str | None:
+    if not isinstance(operand, str):
+        return None
+    use = graph.producers.get(operand)
+    return graph.nodes[use[0]].op_type if use else None
+
+
 def _match_op(pattern: Op, operand: Operand, m: Match) -> Iterator[Match]:
     if not isinstance(operand, str):
         return
-    bound = m.op_values.get(id(pattern))
+    bound = m.bound.get(("o", id(pattern)))
     if bound is not None:  # the same pattern object used twice: must be the same node
         if bound == operand:
             yield m
@@ -125,11 +140,11 @@ def _match_op(pattern: Op, operand: Operand, m: Match) -> Iterator[Match]:
         return  # the node has operands the pattern does not account for
     operands = (operands + [None] * n)[:n]
     m2 = m.copy()
-    m2.op_values[id(pattern)] = operand
+    m2.bound[("o", id(pattern))] = operand
     if nid not in m2.nodes:
         m2.nodes.append(nid)
     if pattern.name:
-        m2.named_nodes[pattern.name] = nid
+        m2.bound[("n", pattern.name)] = nid
     orders = [operands]
     if pattern.commute and n == 2 and operands[0] != operands[1]:
         orders.append([operands[1], operands[0]])

@@ -38,6 +38,7 @@ class Context:
     report: Report
     max_opset: int
     allow_upgrade: bool = True
+    wanted_opset: int = 0  # the opset an upgrade goes to (set by the fusion pass: the most its rules need)
     progress: Callable[[str], None] = lambda msg: None
     upgrades_failed: set[int] = field(default_factory=set)
 

@@ -33,9 +33,9 @@ class Pattern:
     def __ror__(self, other) -> OneOf:
         return OneOf(as_pattern(other), self)
 
-    def root_ops(self) -> set[str]:
+    def root_ops(self) -> frozenset[str]:
         """Op types a value matched by this pattern can be produced by (empty: any)."""
-        return set()
+        return frozenset()
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -72,9 +72,10 @@ class Op(Pattern):
         self.name = name
         self.out = out
         self.commute = (op_type in COMMUTATIVE and len(inputs) == 2) if commute is None else commute
+        self._root_ops = frozenset({op_type})
 
-    def root_ops(self) -> set[str]:
-        return {self.op_type}
+    def root_ops(self) -> frozenset[str]:
+        return self._root_ops
 
     def describe(self) -> str:
         return f"{self.op_type}({', '.join(p.describe() for p in self.inputs)})"
@@ -87,14 +88,16 @@ class OneOf(Pattern):
             flat.extend(alt.alternatives if isinstance(alt, OneOf) else [alt])
         self.alternatives = flat
 
-    def root_ops(self) -> set[str]:
         ops: set[str] = set()
-        for alt in self.alternatives:
-            alt_ops = alt.root_ops()
-            if not alt_ops:
-                return set()
-            ops |= alt_ops
-        return ops
+        for alt in flat:
+            if not alt.root_ops():
+                ops = set()
+                break
+            ops |= alt.root_ops()
+        self._root_ops = frozenset(ops)
+
+    def root_ops(self) -> frozenset[str]:
+        return self._root_ops
 
     def describe(self) -> str:
         return " | ".join(alt.describe() for alt in self.alternatives)

@@ -58,20 +58,19 @@ def _run(loaded: LoadedModel, options: Options, passes, progress) -> tuple[onnx.
     start = time.perf_counter()
     report = Report(options=options.to_dict())
     report.input = ModelSummary.of(loaded.model, loaded.path)
-    input_valid = _checker_problem(loaded.model) is None
-    if not input_valid:
-        report.warnings.append(f"the input does not pass onnx.checker: {_checker_problem(loaded.model)}")
     graph = Graph(loaded)
     ctx = Context(options=options, report=report, max_opset=options.max_opset_for(graph.opset()),
                   allow_upgrade=options.allow_upgrade, progress=progress or (lambda msg: None))
     manager = PassManager(passes if passes is not None else default_passes(options), options.max_iterations)
     graph = manager.run(graph, ctx)
     optimized = graph.to_model()
-    if input_valid:
-        problem = _checker_problem(optimized)
-        if problem:
+    problem = _checker_problem(optimized)
+    if problem:
+        input_problem = _checker_problem(loaded.model)
+        if input_problem is None:
             raise ModelError(f"fuser produced a model that fails onnx.checker ({problem}); the input was "
                              "left untouched and nothing was written — please report this")
+        report.warnings.append(f"the input already fails onnx.checker: {input_problem}")
     report.output = ModelSummary.of(optimized)
     report.time_s = time.perf_counter() - start
     return optimized, report, graph

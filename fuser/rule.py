@@ -208,7 +208,7 @@ def _opset_refusal(graph: Graph, rule: Rule, ctx) -> str | None:
     if have >= rule.min_opset:
         return None
     if ctx.allow_upgrade and rule.min_opset <= ctx.max_opset:
-        raise UpgradeNeeded(rule.min_opset)
+        raise UpgradeNeeded(max(rule.min_opset, getattr(ctx, "wanted_opset", 0)))
     if not ctx.allow_upgrade:
         return (f"emits {rule.emits}, which needs opset {rule.min_opset}; the model has opset {have} "
                 "and upgrades are disabled")

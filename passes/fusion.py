@@ -18,6 +18,8 @@ class FusionPass:
         self.rules = rules
 
     def run(self, graph: Graph, ctx) -> bool:
+        # When one rule needs an upgrade, upgrade once to what every rule here may need (within the cap).
+        ctx.wanted_opset = max((r.min_opset for r in self.rules if r.min_opset <= ctx.max_opset), default=0)
         modified = False
         for rule in self.rules:
             fusions, near = apply_rule(graph, rule, ctx, ctx.report.rule_stats(rule.name))
