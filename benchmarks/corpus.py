@@ -200,6 +200,9 @@ def atomic_path(final: Path):
     tmp_p = Path(tmp)
     try:
         yield tmp_p
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_p, 0o666 & ~umask)  # mkstemp makes 0600 files
         os.replace(tmp_p, final)
     finally:
         if tmp_p.exists():
@@ -221,7 +224,7 @@ class TorchSpec:
     export_kwargs: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     post_check: Callable[[Any], list[str]] | None = None  # onnx.ModelProto -> extra notes (raise to fail)
-    rtol_note: str = ""
+    context: Callable[[], Any] | None = None  # context manager factory entered around the reference run and export
 
 
 def realistic_constants(model, seed: int = SEED + 100) -> list[str]:
@@ -294,6 +297,16 @@ def export_torch(out_dir: Path, name: str, make_spec: Callable[[], TorchSpec]) -
     build_s = time.perf_counter() - t0
     spec.model.eval()
     spec.notes += realistic_constants(spec.model)
+    ctx = contextlib.ExitStack()
+    if spec.context:
+        ctx.enter_context(spec.context())
+    with ctx:
+        return _export_torch(out_dir, name, spec, build_s)
+
+
+def _export_torch(out_dir: Path, name: str, spec: TorchSpec, build_s: float) -> dict:
+    import torch
+
     refs = [(spec.args, _torch_outputs(spec.model, spec.args))]
     refs += [(a, _torch_outputs(spec.model, a)) for a in spec.extra_args]
 
@@ -446,12 +459,62 @@ register(
     ["cnn", "layernorm"],
 )(lambda out, name: export_torch(out, name, _torchvision_spec("convnext_tiny", 13)))
 
+@contextlib.contextmanager
+def _patched(obj, attr: str, value):
+    old = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, old)
+
+
+def _math_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """softmax(q k^T * scale + mask) v, spelled with plain ops (what the opset-14 SDPA symbolic writes too)."""
+    import math
+
+    import torch
+
+    if is_causal or dropout_p or enable_gqa:
+        raise NotImplementedError("math SDPA stand-in: is_causal / dropout / GQA not needed here")
+    s = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    attn = torch.matmul(q, k.transpose(-2, -1)) * s
+    if attn_mask is not None:
+        attn = attn.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else attn + attn_mask
+    return torch.matmul(torch.softmax(attn, dim=-1), v)
+
+
+def _vit_spec() -> TorchSpec:
+    import torch
+    import torch.nn.functional as F
+
+    @contextlib.contextmanager
+    def ctx():
+        # nn.MultiheadAttention's eval-mode fast path traces to aten::_native_multi_head_attention, which the
+        # TorchScript exporter cannot export: turn it off. Its composite path then calls F.scaled_dot_product_attention,
+        # whose symbolic needs opset 14: at opset 13, spell it with MatMul/Mul/Softmax/MatMul instead.
+        old = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with _patched(F, "scaled_dot_product_attention", _math_sdpa):
+                yield
+        finally:
+            torch.backends.mha.set_fastpath_enabled(old)
+
+    spec = _torchvision_spec("vit_b_16", 13)()
+    spec.context = ctx
+    spec.notes.append("MHA fast path off (aten::_native_multi_head_attention has no TorchScript ONNX symbolic) and "
+                      "F.scaled_dot_product_attention replaced by a MatMul/Mul/Softmax/MatMul stand-in (its symbolic "
+                      "needs opset 14)")
+    return spec
+
+
 register(
     "vit_b_16",
     "torch",
     "torchvision vit_b_16, weights=None, opset 13: decomposed LayerNorm, erf GELU",
     ["transformer", "layernorm"],
-)(lambda out, name: export_torch(out, name, _torchvision_spec("vit_b_16", 13)))
+)(lambda out, name: export_torch(out, name, _vit_spec))
 
 
 # ---- transformers --------------------------------------------------------------------------------------------------
@@ -547,6 +610,8 @@ def _gpt2_spec() -> TorchSpec:
         def forward(self, input_ids):
             return self.m(input_ids=input_ids, use_cache=False, return_dict=True).last_hidden_state
 
+    import transformers.masking_utils as mu
+
     torch.manual_seed(SEED)
     cfg = GPT2Config(use_cache=False)
     model = Wrap(_hf_model(GPT2Model, cfg)).eval()
@@ -560,7 +625,13 @@ def _gpt2_spec() -> TorchSpec:
         output_names=["last_hidden_state"],
         dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "last_hidden_state": {0: "batch", 1: "sequence"}},
         opset=13,
-        notes=["GPT2Config() defaults (12 layers, hidden 768), random init, eager attention, use_cache=False"],
+        # transformers 5 looks for packed sequences in position_ids (torch.diff, which the TorchScript exporter cannot
+        # export) whenever no attention_mask is given. GPT2Model's own position_ids are arange(seq): never packed, and
+        # the function returns None for them; say so directly.
+        context=lambda: _patched(mu, "find_packed_sequence_indices", lambda position_ids: None),
+        notes=["GPT2Config() defaults (12 layers, hidden 768), random init, eager attention, use_cache=False",
+               "transformers.masking_utils.find_packed_sequence_indices patched to return None (its torch.diff does not "
+               "export; GPT2's internal position_ids are never packed)"],
     )
 
 
@@ -968,15 +1039,16 @@ def worst_err(e: dict) -> str:
 
 
 def print_table(rows: list[tuple[dict, str]]) -> None:
-    hdr = f"{'name':28s} {'opset':>5s} {'nodes':>6s} {'size':>10s} {'export s':>9s} {'check s':>8s} {'max err':>9s}  status"
+    hdr = f"{'name':28s} {'opset':>5s} {'nodes':>6s} {'size':>10s} {'export s':>9s} {'check s':>8s} {'total s':>8s} {'max err':>9s}  status"
     print(hdr)
     print("-" * len(hdr))
     for e, how in rows:
         if e.get("status") == "ok":
             print(f"{e['name']:28s} {e['opset']:>5} {e['nodes']:>6} {fmt_size(e['size_bytes']):>10s} "
-                  f"{e.get('export_seconds', 0):>9.1f} {e.get('check_seconds', 0):>8.1f} {worst_err(e):>9s}  {how}")
+                  f"{e.get('export_seconds', 0):>9.1f} {e.get('check_seconds', 0):>8.1f} {e.get('wall_seconds', 0):>8.1f} "
+                  f"{worst_err(e):>9s}  {how}")
         else:
-            print(f"{e['name']:28s} {'':>5} {'':>6} {'':>10} {'':>9} {'':>8} {'':>9}  FAILED: {e.get('error', '')[:200]}")
+            print(f"{e['name']:28s} {'':>5} {'':>6} {'':>10} {'':>9} {'':>8} {'':>8} {'':>9}  FAILED: {e.get('error', '')[:200]}")
 
 
 def select(names: list[str] | None) -> list[str]:
@@ -1036,6 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
             res = run_isolated(out, n, a.timeout)
         dt = time.perf_counter() - t0
         if res.get("status") == "ok":
+            res["wall_seconds"] = round(dt, 1)  # whole job: process start, imports, build, export, check
             man = load_manifest(out)
             man["models"][n] = res
             save_manifest(out, man)

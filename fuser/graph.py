@@ -48,6 +48,9 @@ class Graph:
         self.input_names: list[str] = [v.name for v in g.input]
         self.output_names: list[str] = [v.name for v in g.output]
         self._graph_inputs = set(self.input_names)
+        # Before IR 4 every initializer had to be listed as an input too; those are constants, not inputs.
+        self._legacy_ir = model.ir_version < 4
+        self._initializer_inputs = self._graph_inputs & set(self.initializers)
         self._graph_outputs = set(self.output_names)
         self._value_info = {v.name: v for v in itertools.chain(g.input, g.output, g.value_info)}
         self._const_cache: dict[str, np.ndarray] = {}
@@ -87,7 +90,7 @@ class Graph:
         return value in self._graph_outputs
 
     def is_graph_input(self, value: str) -> bool:
-        return value in self._graph_inputs and value not in self.initializers
+        return value in self._graph_inputs and value not in self._initializer_inputs
 
     def nodes_of_type(self, op_type: str) -> list[int]:
         """Ids of the nodes of one op type, in graph order (a snapshot: safe to edit while iterating)."""
@@ -103,7 +106,8 @@ class Graph:
 
     def is_constant(self, value: str) -> bool:
         if value in self.initializers:
-            return value not in self._graph_inputs  # an initializer that is also an input can be overridden
+            # an initializer that is also an input can be overridden at run time (IR >= 4)
+            return self._legacy_ir or value not in self._graph_inputs
         use = self.producers.get(value)
         return use is not None and self.nodes[use[0]].op_type == "Constant" and not self.nodes[use[0]].domain
 
@@ -326,14 +330,21 @@ class Graph:
         out.training_info.extend(src.training_info)
         for domain, version in sorted(self.opsets.items()):
             out.opset_import.add(domain=domain, version=version)
+        # An upgraded opset may need a newer IR; IR < 4 models are written as IR 4 with their weights
+        # as plain initializers rather than inputs (new weights could not be written otherwise).
+        needed = helper.find_min_ir_version_for(list(out.opset_import), ignore_unknown=True)
+        out.ir_version = max(out.ir_version, needed, 4 if self._legacy_ir else 0)
         g, sg = out.graph, src.graph
         g.name, g.doc_string = sg.name, sg.doc_string
         g.metadata_props.extend(sg.metadata_props)
         g.node.extend(self.nodes[nid] for nid in self.topological_order())
-        used = {v for v in self.consumers} | self._graph_outputs
-        g.initializer.extend(t for name, t in self.initializers.items() if name in used or name in self._graph_inputs)
+        used = self.consumers.keys() | self._graph_outputs
+        overridable = set() if self._legacy_ir else self._initializer_inputs
+        kept = {name for name in self.initializers if name in used or name in overridable}
+        g.initializer.extend(self.initializers[name] for name in self.initializers if name in kept)
         g.sparse_initializer.extend(sg.sparse_initializer)
-        g.input.extend(v for v in sg.input if v.name in used or v.name not in self.initializers)
+        g.input.extend(v for v in sg.input if v.name not in self._initializer_inputs
+                       or (v.name in kept and not self._legacy_ir))
         g.output.extend(sg.output)
         live = set(self.producers)
         g.value_info.extend(v for v in sg.value_info if v.name in live)

@@ -47,7 +47,7 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0, scale: float = 4.0) -> d
         tt = vi.type.tensor_type
         shape = [d.dim_value if d.dim_value > 0 else 2 for d in tt.shape.dim]
         dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        feeds[vi.name] = (rng.standard_normal(shape) * scale).astype(dtype)
+        feeds[vi.name] = np.asarray(rng.standard_normal(shape) * scale).astype(dtype)
     return feeds
 
 

@@ -193,7 +193,7 @@ def test_opset_gate_without_upgrade_records_why():
     assert "HardSwish" not in ops(optimized) and optimized.opset_import[0].version == 13
     assert any(m.rule == "hardswish" and "upgrades are disabled" in m.reason for m in report.near_misses)
     upgraded, report = optimize_and_compare(model)
-    assert ops(upgraded) == ["HardSwish"] and upgraded.opset_import[0].version == 14
+    assert ops(upgraded) == ["HardSwish"] and upgraded.opset_import[0].version >= 14
 
 
 def test_target_opset_ceiling_blocks_the_upgrade():
