@@ -44,6 +44,7 @@ class Graph:
         self.producers: dict[str, Use] = {}
         self.consumers: dict[str, list[Use]] = {}
         self.by_op: dict[str, set[int]] = {}
+        self.implicit_uses: dict[str, set[int]] = {}  # outer values read by name inside If/Loop/Scan bodies
         self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
         self.input_names: list[str] = [v.name for v in g.input]
         self.output_names: list[str] = [v.name for v in g.output]
@@ -85,6 +86,13 @@ class Graph:
 
     def uses(self, value: str) -> list[Use]:
         return self.consumers.get(value, [])
+
+    def read_by_subgraph(self, value: str) -> bool:
+        """Is `value` read by name inside a subgraph (an implicit use the consumer index cannot see)?"""
+        return bool(self.implicit_uses.get(value))
+
+    def subgraph_refs(self) -> set[str]:
+        return {v for v, users in self.implicit_uses.items() if users}
 
     def is_graph_output(self, value: str) -> bool:
         return value in self._graph_outputs
@@ -250,6 +258,8 @@ class Graph:
             if self.producers.get(value, (None,))[0] == nid:
                 del self.producers[value]
                 self._const_cache.pop(value, None)
+        for value in _outer_names(node):
+            self.implicit_uses.get(value, set()).discard(nid)
         self._nx = None
         return node
 
@@ -308,6 +318,12 @@ class Graph:
             self._value_info[old] = self._value_info[new]
         self._nx = None
 
+    def set_initializer(self, name: str, array: np.ndarray) -> None:
+        """Make `name` an initializer holding `array`, keeping the name (its producer must be gone)."""
+        self.initializers[name] = onnx.numpy_helper.from_array(np.asarray(array), name)
+        self._const_cache[name] = np.asarray(array)
+        self._names.add(name)
+
     def remove_initializer(self, name: str) -> None:
         self.initializers.pop(name, None)
         self._const_cache.pop(name, None)
@@ -338,7 +354,7 @@ class Graph:
         g.name, g.doc_string = sg.name, sg.doc_string
         g.metadata_props.extend(sg.metadata_props)
         g.node.extend(self.nodes[nid] for nid in self.topological_order())
-        used = self.consumers.keys() | self._graph_outputs
+        used = self.consumers.keys() | self._graph_outputs | self.subgraph_refs()
         overridable = set() if self._legacy_ir else self._initializer_inputs
         kept = {name for name in self.initializers if name in used or name in overridable}
         g.initializer.extend(self.initializers[name] for name in self.initializers if name in kept)
@@ -367,6 +383,8 @@ class Graph:
         for slot, value in enumerate(list(node.output)):
             if value:
                 producers[value] = (nid, slot)
+        for value in _outer_names(node):
+            self.implicit_uses.setdefault(value, set()).add(nid)
         self._nx = None
 
     def _check_unique_values(self) -> None:
@@ -422,7 +440,8 @@ class Graph:
             self._inferred = {}
             try:
                 skeleton = self.to_model()
-                big = [t for t in skeleton.graph.initializer if uses_external_data(t) or len(t.raw_data) > 4096]
+                big = [t for t in skeleton.graph.initializer
+                       if uses_external_data(t) or self.constant_nbytes(t.name) > 4096]
                 for t in big:  # inference needs only the dims and types of large weights
                     skeleton.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
                     skeleton.graph.initializer.remove(t)
@@ -432,6 +451,23 @@ class Graph:
             except Exception:  # inference is a best effort: unknown types only make rules more careful
                 pass
         return self._inferred
+
+
+def _outer_names(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs read without defining them: values of the enclosing graph."""
+    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        return set()
+    outer: set[str] = set()
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                  attr.graphs if attr.type == onnx.AttributeProto.GRAPHS else []):
+            defined = {v.name for v in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                outer |= {v for v in n.input if v and v not in defined}
+                outer |= _outer_names(n) - defined
+                defined |= set(n.output)
+            outer |= {v.name for v in g.output if v.name not in defined}
+    return outer
 
 
 def _constant_node_value(node: onnx.NodeProto, graph: Graph) -> np.ndarray | None:

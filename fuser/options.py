@@ -25,6 +25,25 @@ class Options:
     external_data: bool | None = None  # None: as the input had it (forced on past 2 GB)
     progress: bool = False
     disabled: frozenset[str] = field(default_factory=frozenset)  # rewrite keys rolled back by validation
+    # numerics validation (fuser/validate.py, fuser/rollback.py): on by default
+    validate: bool = True
+    strict: bool = False  # fail instead of rolling back the rewrites that changed the outputs
+    atol: float | None = None  # None: by output dtype (fp32 1e-4, fp16 1e-2; validate.DEFAULT_TOLERANCE)
+    rtol: float | None = None
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)  # per output: {"atol": x, "rtol": y}
+    provider: str = "cpu"  # cpu | cuda: where onnxruntime runs both models
+    inputs_path: str | None = None  # user inputs: a .npz or a folder of input_N.pb (else seeded random)
+    validation_shapes: tuple[dict[str, tuple[int, ...]], ...] = ()  # several input sets, one shape map each
+    seed: int = 0
+    vocab_size: int = 100  # random integer ids are drawn from [0, vocab_size)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # dynamic dims, by input name
+    # folding (passes/constant_folding.py, passes/shape_inference.py): input_shapes pins the graph's dims
+    keep_dynamic: bool = False  # leave the graph inputs' dynamic dims as they are, even with input_shapes
+    fold_budget_bytes: int = 1 << 20  # a folded tensor may add at most this many bytes (else it stays an op)
+    # fp16 in the graph (passes/precision.py): runs once after fusion and clean-up
+    precision: str = "fp32"  # fp32 | fp16
+    keep_fp32: tuple[str, ...] = ()  # op types or node names that stay fp32 under precision fp16
+    fp16_io: bool = False  # convert graph inputs/outputs too (default: keep their types, Cast at the boundary)
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -32,6 +51,18 @@ class Options:
         if self.target_opset is not None and not 1 <= self.target_opset <= MAX_OPSET:
             raise ValueError(f"target opset {self.target_opset} is outside 1..{MAX_OPSET}, the range "
                              "onnxruntime runs")
+        if self.provider not in ("cpu", "cuda"):
+            raise ValueError(f"unknown provider '{self.provider}' (choose from cpu, cuda)")
+        for name, value in (("atol", self.atol), ("rtol", self.rtol)):
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0, not {value}")
+        if self.fold_budget_bytes < 0:
+            raise ValueError(f"fold budget must be >= 0 bytes, not {self.fold_budget_bytes}")
+        if self.vocab_size < 1:
+            raise ValueError(f"vocab size must be >= 1, not {self.vocab_size}")
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"unknown precision '{self.precision}' (choose from fp32, fp16)")
+        self.keep_fp32 = tuple(self.keep_fp32)
 
     def max_opset_for(self, model_opset: int) -> int:
         if self.target_opset is not None:
@@ -42,4 +73,7 @@ class Options:
         d = asdict(self)
         d["disabled"] = sorted(self.disabled)
         d["rules"], d["skip_rules"] = list(self.rules), list(self.skip_rules)
+        d["keep_fp32"] = list(self.keep_fp32)
+        d["input_shapes"] = {k: list(v) for k, v in self.input_shapes.items()}
+        d["validation_shapes"] = [{k: list(v) for k, v in m.items()} for m in self.validation_shapes]
         return d

@@ -5,6 +5,7 @@ before its first run) and `run(graph, ctx) -> bool` that says whether it changed
 is what makes the fixed point cheap: a round in which no pass changed anything ends the loop.
 When a fusion needs a higher opset and upgrades are allowed, the rule pass raises `UpgradeNeeded`; the
 manager upgrades the model once (see `opset.upgrade`) and carries on with the upgraded graph.
+A pass with `final = True` is not part of the fixed point: it runs once, after it (fp16 conversion).
 """
 
 from __future__ import annotations
@@ -80,10 +81,11 @@ class PassManager:
 
         checked: set[str] = set()
         report = ctx.report
+        looped = [p for p in self.passes if not getattr(p, "final", False)]
         for iteration in range(1, self.max_iterations + 1):
             report.iterations = iteration
             changed = False
-            for p in self.passes:
+            for p in looped:
                 for condition in p.requires:
                     if condition not in checked:
                         problem = CONDITIONS[condition](graph)
@@ -111,8 +113,26 @@ class PassManager:
                     changed = True
             if not changed:
                 report.reached_fixed_point = True
-                return graph
+                return self._run_final(graph, ctx)
         report.reached_fixed_point = False
         report.note(f"stopped after {self.max_iterations} rounds without reaching a fixed point "
                     "(raise --max-iterations)")
+        return self._run_final(graph, ctx)
+
+    def _run_final(self, graph: Graph, ctx: Context) -> Graph:
+        """Passes marked `final = True` (precision conversion) run once each, in order, after the loop."""
+        for p in self.passes:
+            if not getattr(p, "final", False):
+                continue
+            for condition in p.requires:
+                problem = CONDITIONS[condition](graph)
+                if problem:
+                    raise ModelError(f"pass '{p.name}' needs a {condition} graph: {problem}")
+            stats = ctx.report.pass_stats(p.name)
+            ctx.progress(f"final: {p.name} ({len(graph)} nodes)")
+            start = time.perf_counter()
+            modified = p.run(graph, ctx)
+            stats.time_s += time.perf_counter() - start
+            stats.runs += 1
+            stats.modified += int(bool(modified))
         return graph

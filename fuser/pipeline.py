@@ -36,7 +36,7 @@ def optimize(model: ModelLike, options: Options | None = None, passes=None, *, p
     `options` or keyword arguments (`target="tensorrt"`, `rules=("layernorm",)`...) choose what runs;
     `passes` replaces the default pipeline (tests and custom pipelines).
     """
-    optimized, report, _ = _run(load(model), options or Options(**option_values), passes, progress)
+    optimized, report, _ = _run_validated(load(model), options or Options(**option_values), passes, progress)
     return optimized, report
 
 
@@ -45,11 +45,29 @@ def optimize_file(src: str | os.PathLike, dst: str | os.PathLike, options: Optio
     """Optimize the file `src` into `dst` (external data written beside `dst` when needed)."""
     options = options or Options()
     loaded = load_model(src)
-    optimized, report, _ = _run(loaded, options, passes, progress)
+    optimized, report, _ = _run_validated(loaded, options, passes, progress)
     written = save_model(loaded, optimized, dst, external_data=options.external_data)
     report.output = ModelSummary.of(optimized, written[0])
     report.extra["output_files"] = [str(p) for p in written]
     return report
+
+
+def _run_validated(loaded: LoadedModel, options: Options, passes, progress) -> tuple[onnx.ModelProto, Report, Graph]:
+    """`_run`, then numerics validation (on by default): rewrites that change the outputs are rolled back."""
+    start = time.perf_counter()
+    first = _run(loaded, options, passes, progress)
+    if not options.validate:
+        return first
+    from dataclasses import replace
+
+    from .rollback import validate_run
+
+    def rerun(disabled: frozenset[str]):
+        return _run(loaded, replace(options, validate=False, disabled=disabled), passes, progress)
+
+    optimized, report, graph = validate_run(loaded, options, first, rerun, progress)
+    report.time_s = time.perf_counter() - start
+    return optimized, report, graph
 
 
 def _run(loaded: LoadedModel, options: Options, passes, progress) -> tuple[onnx.ModelProto, Report, Graph]:

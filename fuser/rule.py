@@ -84,9 +84,10 @@ class NearMiss:
     family: str
     at: str
     reason: str
+    nodes: frozenset[int] = field(default=frozenset(), repr=False, compare=False)  # what the match covered
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {"rule": self.rule, "family": self.family, "at": self.at, "reason": self.reason}
 
 
 class UpgradeNeeded(Exception):
@@ -149,6 +150,8 @@ def unsafe_reason(match: Match, replaced: set[str]) -> str | None:
                 continue
             if g.is_graph_output(value):
                 return f"value '{value}' inside the match is a graph output"
+            if g.read_by_subgraph(value):
+                return f"value '{value}' inside the match is read by a subgraph (If/Loop/Scan body)"
             for user, _ in g.uses(value):
                 if user not in inside:
                     return (f"value '{value}' (from '{node.name or node.op_type}') is also used outside the "
@@ -169,7 +172,7 @@ def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats) -> tuple[list[Fu
         stats.attempts += 1
         node = graph.node(nid)
         at = node.name or node.output[0]
-        reason = None
+        reason, covered = None, frozenset()
         for slot, root_value in enumerate(node.output):
             if not root_value:
                 continue
@@ -184,7 +187,8 @@ def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats) -> tuple[list[Fu
                 refusal = (rule.check(m) if rule.check else None) or unsafe_reason(m, {root_value}) \
                     or _opset_refusal(graph, rule, ctx)
                 if refusal:
-                    reason = reason or refusal
+                    if reason is None:
+                        reason, covered = refusal, frozenset(m.nodes)
                     continue
                 fusion = _rewrite(graph, rule, m, nid, root_value, key, ctx)
                 if isinstance(fusion, str):
@@ -198,7 +202,7 @@ def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats) -> tuple[list[Fu
                 continue
             break
         if reason:
-            near.append(NearMiss(rule.name, rule.family, at, reason))
+            near.append(NearMiss(rule.name, rule.family, at, reason, covered))
     stats.time_s += time.perf_counter() - start
     return fusions, near
 

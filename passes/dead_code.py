@@ -30,7 +30,8 @@ class DeadCodeElimination:
                 if use is not None and self._is_dead(graph, use[0]):
                     dead.append(use[0])
         unused = [name for name in graph.initializers
-                  if not graph.uses(name) and not graph.is_graph_output(name) and name not in graph.input_names]
+                  if not graph.uses(name) and not graph.is_graph_output(name) and name not in graph.input_names
+                  and not graph.read_by_subgraph(name)]
         for name in unused:
             graph.remove_initializer(name)
         return bool(removed or unused)
@@ -40,4 +41,5 @@ class DeadCodeElimination:
         node = graph.node(nid)
         if node.domain not in ("", "ai.onnx"):
             return False  # a custom op may have effects we cannot see
-        return all(not v or (not graph.uses(v) and not graph.is_graph_output(v)) for v in node.output)
+        return all(not v or (not graph.uses(v) and not graph.is_graph_output(v) and not graph.read_by_subgraph(v))
+                   for v in node.output)

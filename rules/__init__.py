@@ -9,10 +9,18 @@ from __future__ import annotations
 from fuser.errors import UsageError
 from fuser.rule import Rule
 
+from .conv_bn import CONV_BN, FUSED_CONV
+from .conv_elementwise import CONV_ELEMENTWISE
 from .hardsigmoid import HARDSIGMOID
 from .hardswish import HARDSWISH
+from .layernorm import LAYERNORM_TIERS
+from .rmsnorm import RMSNORM_TIERS
 
-ALL_RULES: list[Rule] = [HARDSWISH, HARDSIGMOID]
+# CONV_ELEMENTWISE after the hard activations: Add(conv, 3) is the start of a HardSigmoid of the conv
+# and must not be folded into the conv's bias first (tests/test_rule_conv_elementwise.py checks it).
+# FUSED_CONV (onnxruntime target only) last: it takes a Conv once BN/scales are folded into it.
+ALL_RULES: list[Rule] = [CONV_BN, *LAYERNORM_TIERS, *RMSNORM_TIERS, HARDSWISH, HARDSIGMOID,
+                         CONV_ELEMENTWISE, FUSED_CONV]
 
 
 def select_rules(names=(), skip=(), target: str = "generic", rules: list[Rule] | None = None) -> list[Rule]:

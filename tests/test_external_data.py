@@ -2,11 +2,9 @@
 
 import numpy as np
 import onnx
-import pytest
 from click.testing import CliRunner
 from onnx import TensorProto as T, helper
 
-import fuser
 from fuser.cli import main
 from fuser.model_io import load_model
 from fuser.options import Options
@@ -69,7 +67,6 @@ def test_over_2gb_without_external_data_is_refused_without_reading_it(tmp_path):
     src.mkdir()
     with open(src / "big.bin", "wb") as f:
         f.truncate(n * 4)
-    w = helper.make_tensor_value_info("w", F, [n])
     tensor = onnx.TensorProto(name="w", data_type=F, dims=[n], data_location=T.EXTERNAL)
     for k, v in (("location", "big.bin"), ("offset", "0"), ("length", str(n * 4))):
         e = tensor.external_data.add()

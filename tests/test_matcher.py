@@ -1,7 +1,6 @@
 """One small test per matcher feature: commutation, alternatives, constants, opset forms, safety, dtypes."""
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto as T, helper, numpy_helper
 

@@ -117,3 +117,22 @@ def test_unsorted_input_is_sorted_on_write_back():
     out = Graph(from_proto(model)).to_model()
     assert ops(out) == ["Neg", "Relu"]
     onnx.checker.check_model(out, full_check=True)
+
+
+def test_values_read_only_inside_a_subgraph_are_kept():
+    """An If branch reads 'hidden' by name: dead-code elimination and write-back must keep it."""
+    branch = helper.make_graph([helper.make_node("Identity", ["hidden"], ["out"])], "then", [],
+                               [helper.make_tensor_value_info("out", F, [2])])
+    other = helper.make_graph([helper.make_node("Identity", ["w"], ["out2"])], "else", [],
+                              [helper.make_tensor_value_info("out2", F, [2])])
+    nodes = [helper.make_node("Neg", ["x"], ["hidden"], name="producer"),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=other)]
+    model = make_model(nodes, [("x", F, [2]), ("cond", T.BOOL, [])], [("y", F, [2])],
+                       [("w", np.ones(2, np.float32))])
+    g = Graph(from_proto(model))
+    assert g.read_by_subgraph("hidden") and g.read_by_subgraph("w")
+    optimized, _ = fuser.optimize(model)
+    onnx.checker.check_model(optimized, full_check=True)
+    assert "Neg" in ops(optimized) and [t.name for t in optimized.graph.initializer] == ["w"]
+    feeds = {"x": np.array([1.0, -2.0], np.float32), "cond": np.array(True)}
+    np.testing.assert_array_equal(run(optimized, feeds)[0], [-1.0, 2.0])

@@ -46,6 +46,8 @@ def main():
 
 
 def _register() -> None:
+    from .audit import audit
+    from .bench import bench
     from .build import build
     from .optimize import optimize
     from .rules import rules
@@ -53,6 +55,8 @@ def _register() -> None:
     main.add_command(optimize)
     main.add_command(rules)
     main.add_command(build)
+    main.add_command(audit)
+    main.add_command(bench)
 
 
 _register()

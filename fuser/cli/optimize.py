@@ -12,8 +12,14 @@ from fuser.errors import UsageError
 from fuser.model_io import _atomic_write_bytes
 from fuser.pipeline import optimize_file
 from fuser.rules import select_rules
+from fuser.validate import ValidationFailed
 
-from .options import options_from, output_options, rule_options
+from fuser.trt import build_engine
+
+from .build import summary as build_summary
+from .build import trt_build_options
+from .options import (options_from, output_options, precision_options, rule_options, shape_options,
+                      validation_options)
 
 PROGRESS_NODES = 5000
 
@@ -27,9 +33,18 @@ def default_output(src: Path) -> Path:
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output file (default: MODEL.opt.onnx beside the input).")
 @rule_options
+@validation_options
+@shape_options
+@precision_options
 @output_options
-def optimize(model: Path, output: Path | None, report_path: str | None, **kw):
-    """Fuse and clean MODEL, check it, and write the result atomically."""
+@click.option("--build", "build_engine_too", is_flag=True,
+              help="Then build a TensorRT(-RTX) engine from the result (optimize -> validate -> build).")
+@click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Engine file for --build (default: OUTPUT with suffix .plan).")
+@trt_build_options
+def optimize(model: Path, output: Path | None, report_path: str | None, build_engine_too: bool,
+             engine: Path | None, build_options, **kw):
+    """Fuse and clean MODEL, check it, and write the result atomically (and build an engine with --build)."""
     progress_flag = kw["progress"]
     options = options_from(kw)
     select_rules(options.rules, options.skip_rules, options.target)  # unknown names fail before loading
@@ -38,10 +53,21 @@ def optimize(model: Path, output: Path | None, report_path: str | None, **kw):
         raise UsageError(f"no such file: {model}")
     if progress_flag is None:
         options.progress = _node_count_hint(model) > PROGRESS_NODES
-    report = optimize_file(model, output, options, progress=_echo_progress if options.progress else None)
+    try:
+        report = optimize_file(model, output, options, progress=_echo_progress if options.progress else None)
+    except ValidationFailed as exc:  # nothing was written; the report still says why
+        if report_path and exc.report is not None:
+            _atomic_write_bytes(Path(report_path), json.dumps(exc.report.to_dict(), indent=2).encode())
+        raise
+    built = None
+    if build_engine_too:
+        built = build_engine(output, build_options, engine or output.with_suffix(".plan"))
+        report.build = built.to_dict()
     if report_path:
         _atomic_write_bytes(Path(report_path), json.dumps(report.to_dict(), indent=2).encode())
     click.echo(summary(report, model, output))
+    if built is not None:
+        click.echo(build_summary(built))
 
 
 def _node_count_hint(path: Path) -> int:
@@ -68,6 +94,19 @@ def summary(report, src, dst) -> str:
         lines.append(f"  not fused: {miss['rule']} at '{miss['at']}': {miss['reason']}")
     if len(shown) > 5:
         lines.append(f"  ... and {len(shown) - 5} more near misses (see --report)")
+    folding = report.extra.get("folding")
+    if folding and (folding["folded"] or folding["shape_values_folded"] or folding["skipped"]
+                    or folding["not_folded"]):
+        lines.append(f"  folded: {folding['folded']} nodes ({folding['bytes_added']:+d} bytes), "
+                     f"{folding['shape_values_folded']} shape values; {len(folding['skipped'])} folds skipped, "
+                     f"{len(folding['not_folded'])} Shape/Size nodes stay dynamic")
+        for entry in (folding["skipped"] + folding["not_folded"])[:3]:
+            lines.append(f"  not folded: '{entry['node']}': {entry['reason']}")
+    precision = report.extra.get("precision")
+    if precision:
+        lines.append(f"  fp16: {precision['converted_initializers']} initializers converted, "
+                     f"{precision['casts_inserted']} casts, {len(precision['kept_fp32'])} nodes kept fp32, "
+                     f"{len(precision['overflow_kept'])} overflowing constants kept fp32")
     lines += [f"  note: {n}" for n in report.notes]
     lines += [f"  warning: {w}" for w in report.warnings]
     if report.validation:

@@ -1,0 +1,201 @@
+"""Expectations a CI job gates on, checked against a report dict (`Report.to_dict()` or a saved JSON report).
+
+    layernorm>=35            applied rewrites of a family (or a rule) compared with a number: >= <= == != > <
+    no-op Pow                the output has no Pow node (`--expect-no-op`)
+    max-error 1e-3           every validated output's max absolute error is at most this (`--max-error`)
+    baseline previous.json   no family has fewer fusions than in that earlier report (`--baseline`)
+    no-warning ID            the TensorRT build logged no warning with this id (`--expect-no-warning`)
+    validation               validation did not fail (always checked when the report has a validation section)
+    no-rollback              validation rolled nothing back (`--expect-no-rollback`)
+
+`check(report, expectations)` returns one `Check` per expectation; the CLI prints the failed ones by
+name and exits 1. Results are also stored in the report as its `audit` section, so the Markdown and
+JUnit renderings show them.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "=": operator.eq, "!=": operator.ne,
+             ">": operator.gt, "<": operator.lt}
+_EXPECT = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(>=|<=|==|!=|=|>|<)\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class CountExpectation:
+    """`family OP number` on fusion counts (a rule name works too)."""
+
+    name: str
+    op: str
+    value: int
+
+    def __str__(self) -> str:
+        return f"{self.name}{'==' if self.op == '=' else self.op}{self.value}"
+
+
+def parse_expectation(text: str) -> CountExpectation:
+    m = _EXPECT.match(text)
+    if not m:
+        raise UsageError(f"bad --expect '{text}': expected FAMILY OP COUNT like layernorm>=35 "
+                         "(OP one of >=, <=, ==, !=, >, <)")
+    return CountExpectation(m.group(1), m.group(2), int(m.group(3)))
+
+
+@dataclass
+class Expectations:
+    counts: list[CountExpectation] = field(default_factory=list)
+    no_ops: list[str] = field(default_factory=list)
+    max_error: float | None = None
+    baseline: dict | None = None
+    baseline_path: str | None = None
+    no_warnings: list[str] = field(default_factory=list)
+    no_rollback: bool = False
+
+    @staticmethod
+    def from_cli(expect=(), no_ops=(), max_error=None, baseline=None, no_warnings=(), no_rollback=False
+                 ) -> Expectations:
+        return Expectations([parse_expectation(t) for t in expect], list(no_ops), max_error,
+                            load_report(baseline, "--baseline") if baseline else None,
+                            str(baseline) if baseline else None, list(no_warnings), no_rollback)
+
+
+@dataclass
+class Check:
+    name: str  # what was expected, as the user wrote it ("layernorm>=35", "no-op Pow")
+    kind: str  # count | no-op | max-error | baseline | no-warning | validation | no-rollback
+    passed: bool
+    message: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def load_report(path, what: str = "report") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what}: no such file: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{what} {path} is not a JSON report ({exc})") from None
+    if not isinstance(data, dict) or "fusion_counts" not in data:
+        raise UsageError(f"{what} {path} is not a fuser report (it has no fusion_counts)")
+    return data
+
+
+def known_names(report: dict) -> set[str]:
+    """Rule and family names an expectation may use: the library's, and any the report mentions."""
+    from fuser.rules import ALL_RULES
+
+    names = {r.name for r in ALL_RULES} | {r.family for r in ALL_RULES}
+    names |= set(report.get("rules", {})) | set(report.get("fusion_counts", {}))
+    entries = (*report.get("fusions", []), *report.get("near_misses", []))
+    names |= {x.get(k) for x in entries for k in ("rule", "family")}
+    return {n for n in names if n}
+
+
+def count(report: dict, name: str) -> int:
+    """Applied rewrites of family `name`, or of rule `name` when no family has that name."""
+    counts = report.get("fusion_counts", {})
+    if name in counts:
+        return counts[name]
+    by_rule = sum(1 for f in report.get("fusions", []) if f.get("rule") == name)
+    return by_rule
+
+
+def check(report: dict, exp: Expectations) -> list[Check]:
+    checks: list[Check] = []
+    known = known_names(report)
+    for e in exp.counts:
+        if e.name not in known:
+            raise UsageError(f"--expect {e}: no rule or family is named '{e.name}' (see `fuser rules`)")
+        have = count(report, e.name)
+        ok = OPERATORS[e.op](have, e.value)
+        checks.append(Check(str(e), "count", ok, f"{e.name}: {have} fusion{'s' if have != 1 else ''}"
+                                                  + ("" if ok else f", expected {str(e)[len(e.name):]}")))
+    ops_after = (report.get("output") or {}).get("ops", {})
+    for op in exp.no_ops:
+        n = ops_after.get(op, 0)
+        checks.append(Check(f"no-op {op}", "no-op", n == 0,
+                            f"no {op} left" if n == 0 else f"{n} {op} node{'s' if n != 1 else ''} left in the output"))
+    validation = report.get("validation")
+    if validation:
+        status = validation.get("status")
+        failed = status == "failed"
+        checks.append(Check("validation", "validation", not failed,
+                            validation.get("summary", status) if not failed
+                            else f"validation failed: {validation.get('summary', '')}"))
+    if exp.max_error is not None:
+        checks.append(_max_error(validation, exp.max_error))
+    if exp.no_rollback:
+        rolled = (validation or {}).get("rolled_back") or []
+        checks.append(Check("no-rollback", "no-rollback", not rolled,
+                            "nothing rolled back" if not rolled else
+                            "rolled back " + ", ".join(r["key"] for r in rolled)))
+    if exp.baseline is not None:
+        checks.extend(_baseline(report, exp.baseline, exp.baseline_path or "baseline"))
+    for wid in exp.no_warnings:
+        checks.append(_no_warning(report, wid))
+    return checks
+
+
+def _max_error(validation: dict | None, limit: float) -> Check:
+    name = f"max-error {limit:g}"
+    if not validation or validation.get("status") == "skipped" or not validation.get("outputs"):
+        why = (validation or {}).get("summary") or "the report has no validation statistics"
+        return Check(name, "max-error", False, f"cannot check: {why}")
+    over = []
+    worst = 0.0
+    for out, stats in validation["outputs"].items():
+        err = stats.get("max_abs")
+        if err is None:
+            if stats.get("elements", 1):
+                over.append(f"'{out}' has no finite error (NaN or Inf, or {stats.get('error', 'not compared')})")
+            continue
+        worst = max(worst, err)
+        if err > limit:
+            over.append(f"'{out}' {err:.3g}")
+    if over:
+        return Check(name, "max-error", False, f"max abs error over {limit:g}: {', '.join(over)}")
+    return Check(name, "max-error", True, f"max abs error {worst:.3g} <= {limit:g}")
+
+
+def _baseline(report: dict, baseline: dict, path: str) -> list[Check]:
+    now = report.get("fusion_counts", {})
+    before = baseline.get("fusion_counts", {})
+    checks = []
+    for family in sorted(before):
+        have, had = now.get(family, 0), before[family]
+        ok = have >= had
+        msg = (f"{family}: {have} fusions (baseline {had})" if ok
+               else f"fewer fusions than the baseline: {family} {have} < {had} ({path})")
+        checks.append(Check(f"baseline {family}>={had}", "baseline", ok, msg))
+    if not before:
+        checks.append(Check("baseline", "baseline", True, f"the baseline {path} has no fusions"))
+    return checks
+
+
+def _no_warning(report: dict, wid: str) -> Check:
+    name = f"no-warning {wid}"
+    build = report.get("build")
+    if not build:
+        return Check(name, "no-warning", False,
+                     "cannot check: the report has no build section (no engine was built)")
+    hits = [w for w in build.get("warnings", []) if isinstance(w, dict) and w.get("id") == wid]
+    if not hits:
+        return Check(name, "no-warning", True, f"no {wid} warning in the build")
+    text = hits[0].get("message") or hits[0].get("text") or ""
+    detail = f": {text[:200]}" if text else ""
+    return Check(name, "no-warning", False, f"the build logged {wid} {len(hits)}x{detail}")
+
+
+def section(checks: list[Check]) -> dict:
+    """The report's `audit` section."""
+    return {"passed": all(c.passed for c in checks), "checks": [c.to_dict() for c in checks]}

@@ -1,0 +1,150 @@
+"""`fuser audit MODEL.onnx|REPORT.json [--expect layernorm>=35] ...`: gate a CI job on what fuser did.
+
+Optimizes MODEL (with validation, in memory unless --save-model) or reads a saved JSON report, checks
+the expectations (see fuser/audit.py), prints one line per expectation, writes the reports asked for,
+and exits 1 when any expectation failed, naming each.
+
+    fuser audit model.onnx --expect layernorm>=24 --expect-no-op Pow --max-error 1e-3 \\
+        --baseline main.json --json report.json --markdown "$GITHUB_STEP_SUMMARY" --junit audit.xml
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from fuser.audit import Expectations, check, load_report, section
+from fuser.errors import UsageError
+from fuser.model_io import _atomic_write_bytes
+from fuser.report_formats import FORMATS, render
+
+from .build import trt_build_options
+from .options import options_from, rule_options, validation_options
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+_EXT = {"json": "json", "md": "md", "junit": "xml", "html": "html"}
+
+
+@click.command()
+@click.argument("model", type=_FILE)
+@click.option("--expect", multiple=True, metavar="FAMILY>=N",
+              help="Applied rewrites of a family (or rule) compared with a count: >=, <=, ==, !=, >, < "
+                   "(repeatable), e.g. --expect 'layernorm>=35'.")
+@click.option("--expect-no-op", "no_ops", multiple=True, metavar="OP",
+              help="The optimized model must contain no OP node (repeatable).")
+@click.option("--expect-no-warning", "no_warnings", multiple=True, metavar="ID",
+              help="The TensorRT build must not log warning ID (needs a report with a build section).")
+@click.option("--expect-no-rollback", is_flag=True, help="Fail when validation had to roll a rewrite back.")
+@click.option("--max-error", type=click.FloatRange(min=0), default=None,
+              help="Every output's max absolute error against the original must be at most this.")
+@click.option("--baseline", type=_FILE, default=None,
+              help="An earlier JSON report: fail when any family has fewer fusions than it had.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS),
+              help="Render the report in this format to -o (or stdout); repeatable with -o as a stem.")
+@click.option("-o", "--output", type=_FILE, default=None, help="Where --format goes.")
+@click.option("--json", "json_path", type=_FILE, default=None, help="Write the JSON report here.")
+@click.option("--markdown", "markdown_path", type=_FILE, default=None,
+              help="Write the Markdown report here (e.g. \"$GITHUB_STEP_SUMMARY\").")
+@click.option("--junit", "junit_path", type=_FILE, default=None, help="Write JUnit XML here.")
+@click.option("--html", "html_path", type=_FILE, default=None, help="Write the HTML report (op histogram chart) here.")
+@click.option("--save-model", type=_FILE, default=None, help="Also write the optimized model here.")
+@click.option("--build", "build_engine_too", is_flag=True,
+              help="Also build a TensorRT(-RTX) engine from the optimized model, so --expect-no-warning "
+                   "can check the builder's log.")
+@trt_build_options
+@rule_options
+@validation_options
+def audit(model: Path, expect, no_ops, no_warnings, expect_no_rollback, max_error, baseline, formats, output,
+          json_path, markdown_path, junit_path, html_path, save_model, build_engine_too, build_options, **kw):
+    """Optimize MODEL (or read a JSON report) and check expectations; exit 1 naming each that failed."""
+    expectations = Expectations.from_cli(expect, no_ops, max_error, baseline, no_warnings, expect_no_rollback)
+    targets = _targets(formats, output, json_path, markdown_path, junit_path, html_path)
+    error = None
+    if model.suffix.lower() == ".json":
+        if save_model:
+            raise UsageError("--save-model needs a model, not a report")
+        report = load_report(model, "report")
+    else:
+        report, error = _optimize(model, save_model, kw, build_options if build_engine_too else None)
+    checks = check(report, expectations)
+    report["audit"] = section(checks)
+    for fmt, path in targets:
+        text = render(report, fmt)
+        if path is None:
+            click.echo(text, nl=False)
+        else:
+            _atomic_write_bytes(path, text.encode())
+    to_stderr = any(path is None for _, path in targets)  # stdout carries the rendered report
+    click.echo(_header(report), err=to_stderr)
+    for c in checks:
+        click.echo(f"  {'PASS' if c.passed else 'FAIL'} {c.name}: {c.message}", err=to_stderr)
+    failed = [c for c in checks if not c.passed]
+    if error:
+        click.echo(f"fuser: error: {error}", err=True)
+    if failed:
+        click.echo(f"fuser: audit failed: {len(failed)} of {len(checks)} expectations failed: "
+                   + ", ".join(c.name for c in failed), err=True)
+        sys.exit(1)
+    if error:
+        sys.exit(1)
+    click.echo(f"audit passed: {len(checks)} expectation{'s' if len(checks) != 1 else ''} met", err=to_stderr)
+
+
+def _targets(formats, output, json_path, markdown_path, junit_path, html_path) -> list[tuple[str, Path | None]]:
+    targets: list[tuple[str, Path | None]] = []
+    formats = list(dict.fromkeys(formats))
+    if output is not None and not formats:
+        raise UsageError("-o/--output names where --format goes; give --format (json, md, junit or html)")
+    if len(formats) == 1:
+        targets.append((formats[0], output))
+    elif formats:
+        if output is None:
+            raise UsageError("several --format values need -o (used as a stem: OUT.json, OUT.md, ...)")
+        targets += [(f, output.with_suffix(f".{_EXT[f]}")) for f in formats]
+    for fmt, path in (("json", json_path), ("md", markdown_path), ("junit", junit_path), ("html", html_path)):
+        if path is not None:
+            targets.append((fmt, path))
+    for _, path in targets:
+        if path is not None and not path.parent.exists():
+            raise UsageError(f"output folder {path.parent} does not exist")
+    return targets
+
+
+def _optimize(model: Path, save_model: Path | None, kw: dict, build_options=None) -> tuple[dict, str | None]:
+    from fuser.pipeline import optimize, optimize_file
+    from fuser.rules import select_rules
+    from fuser.validate import ValidationFailed
+
+    options = options_from(kw)
+    select_rules(options.rules, options.skip_rules, options.target)  # unknown names fail before loading
+    if not model.exists():
+        raise UsageError(f"no such file: {model}")
+    try:
+        if save_model:
+            report = optimize_file(model, save_model, options)
+            optimized = save_model
+        else:
+            optimized, report = optimize(model, options)
+    except ValidationFailed as exc:  # still audit (and render) the report that says what failed
+        if exc.report is None:
+            raise
+        return exc.report.to_dict(), str(exc)
+    if build_options is not None:
+        from fuser.trt import build_engine
+
+        report.build = build_engine(optimized, build_options).to_dict()
+    return report.to_dict(), None
+
+
+def _header(report: dict) -> str:
+    i, o = report.get("input") or {}, report.get("output") or {}
+    counts = report.get("fusion_counts", {})
+    fused = ", ".join(f"{k} {n}" for k, n in counts.items()) or "nothing"
+    line = (f"fuser audit {i.get('path') or 'model'}: nodes {i.get('nodes', '?')} -> {o.get('nodes', '?')}, "
+            f"opset {i.get('opset', '?')} -> {o.get('opset', '?')}, fused: {fused}")
+    v = report.get("validation")
+    if v:
+        line += f"\n  validation: {v.get('summary', v.get('status'))}"
+    return line

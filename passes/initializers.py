@@ -1,0 +1,85 @@
+"""Merge initializers with identical contents (same type, dims and bytes) into one.
+
+    W_a = W_b = [0.1, 0.2, ...]   ->   every user of W_b reads W_a
+
+Exporters repeat constants (one copy of the same scale, mask or position table per layer); after
+merging, CSE can merge the nodes that read them. Contents are compared by SHA-256 of their bytes, read
+only for initializers that share a type and dims with another. Never merged: initializers that are
+also graph inputs (a caller may override them), graph outputs, and names read by subgraphs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections import defaultdict
+
+import onnx
+import onnx.numpy_helper
+
+from fuser.graph import Graph
+from fuser.model_io import uses_external_data
+
+from .noop import cleanup_section
+
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> {name: (tensor, digest)}
+
+
+def _digest(graph: Graph, name: str) -> str | None:
+    t = graph.initializers[name]
+    cache = _DIGESTS.setdefault(graph, {})
+    hit = cache.get(name)
+    if hit is not None and hit[0] is t:  # the same proto object (held here, so its id is never reused)
+        return hit[1]
+    digest = _content_digest(graph, name, t)
+    cache[name] = (t, digest)
+    return digest
+
+
+def _content_digest(graph: Graph, name: str, t: onnx.TensorProto) -> str | None:
+    if uses_external_data(t):
+        arr = graph.constant(name)
+        data = None if arr is None else arr.tobytes()
+    elif t.HasField("raw_data"):
+        data = t.raw_data
+    elif t.data_type == onnx.TensorProto.STRING:
+        data = b"\0".join(len(s).to_bytes(8, "little") + s for s in t.string_data)
+    else:
+        data = onnx.numpy_helper.to_array(t).tobytes()
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+class InitializerDedup:
+    name = "dedup-initializers"
+    requires = ()
+
+    def run(self, graph: Graph, ctx) -> bool:
+        protected = graph.subgraph_refs() | set(graph.input_names)
+        cache = _DIGESTS.get(graph)
+        if cache:  # forget tensors that were removed or replaced
+            _DIGESTS[graph] = {n: hit for n, hit in cache.items() if graph.initializers.get(n) is hit[0]}
+        by_type: dict[tuple, list[str]] = defaultdict(list)
+        for name, t in graph.initializers.items():
+            if graph.is_constant(name) and (graph.uses(name) or graph.is_graph_output(name)):
+                by_type[(t.data_type, tuple(t.dims))].append(name)
+        merged = saved = 0
+        for names in by_type.values():
+            if len(names) < 2:
+                continue
+            first: dict[str, str] = {}
+            for name in names:
+                digest = _digest(graph, name)
+                if digest is None:
+                    continue
+                kept = first.setdefault(digest, name)
+                if kept == name or name in protected or graph.is_graph_output(name):
+                    continue
+                saved += graph.constant_nbytes(name)
+                graph.replace_all_uses(name, kept)
+                graph.remove_initializer(name)
+                merged += 1
+        if merged:
+            section = cleanup_section(ctx.report)
+            section["initializers_merged"] += merged
+            section["initializer_bytes_saved"] += saved
+        return merged > 0

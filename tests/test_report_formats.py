@@ -1,0 +1,168 @@
+"""Report formats: the JSON follows its schema, Markdown shows before/after, JUnit and HTML render; near misses
+carry their reasons into every format."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import jsonschema
+import numpy as np
+import onnx
+import pytest
+from builders import const, make_model
+from onnx import TensorProto, helper
+from test_validate import BROKEN, HSWISH, planted_model, planted_passes
+
+import fuser
+from fuser.audit import Expectations, check, section
+from fuser.passes import DeadCodeElimination, FusionPass
+from fuser.report import SCHEMA_VERSION
+from fuser.report_formats import check_schema, histogram_markdown, render, schema, to_json, to_junit, to_markdown
+
+F = TensorProto.FLOAT
+
+
+def n(op_type, inputs, output, name, **attrs):
+    return helper.make_node(op_type, inputs, [output], name=name, **attrs)
+
+
+def layernorm_model(eps_input: bool = False) -> onnx.ModelProto:
+    """The TorchScript LayerNorm spelling at opset 13 (eps as a Constant, or as a graph input)."""
+    nodes = [const("two", 2.0)] + ([] if eps_input else [const("eps", 1e-5)])
+    nodes += [n("ReduceMean", ["x"], "mean", "encoder.0/ReduceMean", axes=[-1], keepdims=1),
+              n("Sub", ["x", "mean"], "d", "encoder.0/Sub"), n("Pow", ["d", "two"], "sq", "encoder.0/Pow"),
+              n("ReduceMean", ["sq"], "var", "encoder.0/ReduceMean_1", axes=[-1], keepdims=1),
+              n("Add", ["var", "eps"], "ve", "encoder.0/Add"), n("Sqrt", ["ve"], "std", "encoder.0/Sqrt"),
+              n("Div", ["d", "std"], "nrm", "encoder.0/Div"), n("Mul", ["nrm", "gamma"], "g", "encoder.0/Mul"),
+              n("Add", ["g", "beta"], "y", "encoder.0/Add_1")]
+    rng = np.random.default_rng(0)
+    inits = [("gamma", rng.standard_normal(16).astype(np.float32)),
+             ("beta", rng.standard_normal(16).astype(np.float32))]
+    inputs = [("x", F, [2, 5, 16])] + ([("eps", F, [])] if eps_input else [])
+    return make_model(nodes, inputs, [("y", F, [2, 5, 16])], inits, opset=13)
+
+
+def hswish(i: int, src: str) -> list:
+    return [n("Add", [src, "three"], f"a{i}", f"hs{i}/add"),
+            n("Clip", [f"a{i}", "zero", "six"], f"c{i}", f"hs{i}/clip"),
+            n("Mul", [src, f"c{i}"], f"m{i}", f"hs{i}/mul"), n("Div", [f"m{i}", "six"], f"h{i}", f"hs{i}/div")]
+
+
+CONSTS = [const("three", 3.0), const("zero", 0.0), const("six", 6.0)]
+
+
+@pytest.fixture(scope="module")
+def rolled_back_report() -> dict:
+    _, report = fuser.optimize(planted_model(), passes=planted_passes())
+    d = report.to_dict()
+    d["audit"] = section(check(d, Expectations.from_cli(["hswish>=2", "broken>=3"], ["Pow"], max_error=1e-3)))
+    return d
+
+
+def test_schema_matches_report_version():
+    assert schema()["properties"]["schema_version"]["const"] == SCHEMA_VERSION
+    jsonschema.Draft202012Validator.check_schema(schema())
+
+
+def test_reports_validate_against_schema(rolled_back_report):
+    check_schema(rolled_back_report)
+    check_schema(json.loads(to_json(rolled_back_report)))
+    _, plain = fuser.optimize(layernorm_model())
+    check_schema(plain.to_dict())
+    _, unvalidated = fuser.optimize(layernorm_model(), validate=False)
+    check_schema(unvalidated.to_dict())
+    broken = dict(rolled_back_report, fusion_counts={"hswish": "two"})
+    with pytest.raises(jsonschema.ValidationError):
+        check_schema(broken)
+    bad_status = json.loads(to_json(rolled_back_report))
+    bad_status["validation"]["status"] = "ok"
+    with pytest.raises(jsonschema.ValidationError):
+        check_schema(bad_status)
+
+
+def test_json_has_no_nan():
+    text = to_json({"a": float("nan"), "b": [float("inf"), 1.5]})
+    assert json.loads(text) == {"a": None, "b": [None, 1.5]}
+
+
+def test_markdown_before_after_and_sections(rolled_back_report):
+    md = to_markdown(rolled_back_report)
+    assert "| | before | after |" in md
+    i, o = rolled_back_report["input"], rolled_back_report["output"]
+    assert f"| nodes | {i['nodes']} | {o['nodes']} |" in md and f"| opset | {i['opset']} | {o['opset']} |" in md
+    assert "### Op histogram" in md and "| `Clip` | 2 | 0 | -2 |" in md and "| `HardSwish` | 0 | 2 | +2 |" in md
+    assert "### Validation: rolled-back" in md and "| `y` | float32 |" in md
+    assert "**Rolled back** (2;" in md and "`broken_relu@r1` (broken_relu) replacing relu_b" in md
+    assert "| `broken>=3` | ❌ FAIL |" in md and "| `hswish>=2` | ✅ pass |" in md
+    assert "### Rules" in md and "| hardswish | " in md and "Reproduce" in md and "```json" in md
+
+
+def test_histogram_bars():
+    md = histogram_markdown({"input": {"ops": {"Add": 4, "Mul": 2}}, "output": {"ops": {"Add": 1, "Gelu": 1}}})
+    lines = md.splitlines()
+    assert lines[2].startswith("| `Add` | 4 | 1 | -3 | `" + "█" * 20)
+    assert "| `Gelu` | 0 | 1 | +1 |" in md and "| `Mul` | 2 | 0 | -2 |" in md
+
+
+def test_junit_cases_per_rule_output_and_expectation(rolled_back_report):
+    root = ET.fromstring(to_junit(rolled_back_report).split("\n", 1)[1])
+    suites = {s.get("name"): s for s in root}
+    rules = {c.get("name"): c for c in suites["fuser.rules"]}
+    assert rules["broken_relu"].find("failure").get("message").startswith("validation rolled back broken_relu@r")
+    assert rules["hardswish"].find("failure") is None
+    outputs = {c.get("name"): c for c in suites["fuser.validation"]}
+    assert list(outputs) == ["output y"] and outputs["output y"].find("failure") is None
+    audit = {c.get("name"): c for c in suites["fuser.audit"]}
+    assert audit["broken>=3"].find("failure") is not None and audit["hswish>=2"].find("failure") is None
+    assert audit["no-op Pow"].find("failure") is None
+    assert root.get("failures") == str(sum(int(s.get("failures")) for s in root)) != "0"
+
+
+def test_html_and_render_dispatch(rolled_back_report):
+    page = render(rolled_back_report, "html")
+    assert page.startswith("<!doctype html>") and "Op histogram" in page and "title='after 2'" in page
+    assert render(rolled_back_report, "md") == to_markdown(rolled_back_report)
+    with pytest.raises(ValueError):
+        render(rolled_back_report, "pdf")
+
+
+# ---------------------------------------------------------------------------- near-miss reasons, every format
+
+def near_misses(model, **options) -> tuple[list[dict], str, str]:
+    _, report = fuser.optimize(model, **options)
+    d = report.to_dict()
+    check_schema(d)
+    return d["near_misses"], to_markdown(d), to_junit(d)
+
+
+def test_near_miss_non_constant_eps():
+    misses, md, junit = near_misses(layernorm_model(eps_input=True))
+    ln = [m for m in misses if m["family"] == "layernorm" and "eps" in m["reason"]]
+    assert ln and "not a constant" in ln[0]["reason"] and ln[0]["at"].startswith("encoder.0/")
+    assert ln[0]["reason"].replace("|", "\\|") in md and "eps" in junit
+    fused, _ = fuser.optimize(layernorm_model())  # the same model with a constant eps fuses
+    assert [x.op_type for x in fused.graph.node] == ["LayerNormalization"]
+
+
+def test_near_miss_value_used_outside_the_match():
+    nodes = [*CONSTS, *hswish(0, "x"), n("Relu", ["c0"], "r", "uses_clip"), n("Add", ["h0", "r"], "y", "out")]
+    model = make_model(nodes, [("x", F, [4, 8])], [("y", F, [4, 8])], opset=14)
+    misses, md, junit = near_misses(model, rules=("hardswish",))
+    reasons = [m["reason"] for m in misses if m["rule"] == "hardswish"]
+    assert any("'c0'" in r and "used outside the match by 'uses_clip'" in r for r in reasons), reasons
+    assert "used outside the match" in md and "used outside the match" in junit
+
+
+def test_near_miss_opset_with_upgrades_disabled():
+    model = make_model([*CONSTS, *hswish(0, "x")], [("x", F, [4, 8])], [("h0", F, [4, 8])], opset=13)
+    misses, md, _ = near_misses(model, allow_upgrade=False, rules=("hswish",))
+    (miss,) = [m for m in misses if m["rule"] == "hardswish"]
+    assert miss["at"] == "hs0/div" and "needs opset 14" in miss["reason"] and "upgrades are disabled" in miss["reason"]
+    assert "upgrades are disabled" in md
+
+
+def test_rolled_back_near_miss_reason():
+    _, report = fuser.optimize(planted_model(), passes=[FusionPass([*HSWISH, BROKEN]), DeadCodeElimination()])
+    reasons = {m["at"]: m["reason"] for m in report.to_dict()["near_misses"]}
+    assert reasons["relu_b"] == "rolled back: this instance changed the outputs in validation"
