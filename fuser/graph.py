@@ -445,7 +445,7 @@ class Graph:
                 for t in big:  # inference needs only the dims and types of large weights
                     skeleton.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
                     skeleton.graph.initializer.remove(t)
-                inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False)
+                inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
                 for v in itertools.chain(inferred.graph.value_info, inferred.graph.output, inferred.graph.input):
                     self._inferred[v.name] = v.type
             except Exception:  # inference is a best effort: unknown types only make rules more careful
