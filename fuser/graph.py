@@ -367,6 +367,29 @@ class Graph:
         g.quantization_annotation.extend(sg.quantization_annotation)
         return out
 
+    def skeleton(self, small_bytes: int = 4096) -> onnx.ModelProto:
+        """The graph for shape inference: nodes, inputs, outputs and small constants; weights larger than
+        `small_bytes` (or stored externally) appear as typed inputs, so nothing big is copied or read.
+        No value_info: every shape is derived from the inputs (exporters' value_info can be stale)."""
+        src = self.model.graph
+        inputs = list(src.input)
+        declared = {v.name for v in inputs}
+        small = []
+        for name, t in self.initializers.items():
+            if not self.uses(name) and not self.is_graph_output(name):
+                continue
+            if uses_external_data(t) or self.constant_nbytes(name) > small_bytes:
+                if name not in declared:
+                    inputs.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+            else:
+                small.append(t)
+        g = helper.make_graph([self.nodes[nid] for nid in self.topological_order()], src.name or "graph",
+                              inputs, list(src.output), small)
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(self.opsets.items())])
+        model.ir_version = max(self.model.ir_version, 4)
+        model.functions.extend(self.model.functions)
+        return model
+
     # -------------------------------------------------------------- internals
     def _index_node(self, nid: int, node: onnx.NodeProto, key: tuple[float, int]) -> None:
         self.nodes[nid] = node
@@ -439,12 +462,7 @@ class Graph:
         if self._inferred is None:
             self._inferred = {}
             try:
-                skeleton = self.to_model()
-                big = [t for t in skeleton.graph.initializer
-                       if uses_external_data(t) or self.constant_nbytes(t.name) > 4096]
-                for t in big:  # inference needs only the dims and types of large weights
-                    skeleton.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-                    skeleton.graph.initializer.remove(t)
+                skeleton = self.skeleton()
                 inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
                 for v in itertools.chain(inferred.graph.value_info, inferred.graph.output, inferred.graph.input):
                     self._inferred[v.name] = v.type

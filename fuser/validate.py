@@ -8,8 +8,11 @@ the same input sets (see `fuser.inputs`). Per output the report gets:
     max / mean / median / p99 relative error      |opt - ref| / |ref|, over elements where ref != 0
     cosine similarity, NaN and Inf counts on both sides, mismatch count, the worst element
 
-An output passes when every element satisfies `|opt - ref| <= atol + rtol * |ref|` (numpy's `isclose`,
-NaN equal to NaN, Inf equal to the same Inf). `atol` and `rtol` default per dtype (`DEFAULT_TOLERANCE`:
+An output passes when every element satisfies `|opt - ref| <= atol * scale + rtol * |ref|` (numpy's
+`isclose`, NaN equal to NaN, Inf equal to the same Inf), where `scale` is the output's largest finite
+magnitude (at least 1): rounding error grows with the values a network carries, so an element near zero
+in an output whose values reach 1500 (ResNet-50 logits) may differ by 1e-3 after an exact re-association
+such as a BatchNorm folded into its Conv — measured: 2 of 53 exact folds failed a plain `isclose`. `atol` and `rtol` default per dtype (`DEFAULT_TOLERANCE`:
 fp32 1e-4, fp16 1e-2; fp16's for float outputs under `--precision fp16`, which computes in fp16);
 `--atol/--rtol` change them for all outputs, `--atol NAME:VALUE` for one.
 Integer and bool outputs must match exactly.
@@ -328,7 +331,10 @@ def compare(reference: list[np.ndarray], actual: list[np.ndarray], atol: float, 
     stats["nan"] = {"reference": int(np.isnan(r).sum()), "optimized": int(np.isnan(a).sum())}
     stats["inf"] = {"reference": int(np.isinf(r).sum()), "optimized": int(np.isinf(a).sum())}
     exact = r_raw[0].dtype.kind in "biu"
-    close = (r == a) if exact else np.isclose(a, r, rtol=rtol, atol=atol, equal_nan=True)
+    finite_ref = np.abs(r[np.isfinite(r)])
+    scale = max(1.0, float(finite_ref.max())) if finite_ref.size else 1.0
+    stats["scale"] = scale
+    close = (r == a) if exact else np.isclose(a, r, rtol=rtol, atol=atol * scale, equal_nan=True)
     if exact:
         close |= np.isnan(r) & np.isnan(a)
     mismatches = int(r.size - int(close.sum()))

@@ -31,14 +31,12 @@ from onnx import TensorProto, helper
 
 from fuser.errors import UsageError
 from fuser.graph import Graph, attribute
-from fuser.model_io import uses_external_data
 
 Dim = int | str | None  # static size, symbolic name, or unknown
 Shape = list[Dim]
 
 INT_TYPES = {TensorProto.INT64: np.int64, TensorProto.INT32: np.int32}
 MAX_TRACKED = 64  # elements of a shape tensor worth tracking
-SMALL_INITIALIZER = 4096  # bytes: larger initializers go to inference as typed inputs only
 
 
 # ------------------------------------------------------------------ inference
@@ -51,7 +49,7 @@ def infer_shapes(graph: Graph, symbolic: bool | None = None) -> dict[str, Shape 
     run (rewrites keep names for unchanged values and never reuse a removed name). onnx's ints and
     declared names win over the symbolic engine's; the engine fills what onnx leaves unknown.
     """
-    skeleton = _skeleton(graph)
+    skeleton = graph.skeleton()
     shapes = ShapeMap()
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
@@ -75,31 +73,6 @@ def infer_shapes(graph: Graph, symbolic: bool | None = None) -> dict[str, Shape 
 
 
 _SYMBOLIC: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> symbolic engine's shapes
-
-
-def _skeleton(graph: Graph) -> onnx.ModelProto:
-    """The graph for inference: nodes, inputs, outputs, small constants; large weights as typed inputs.
-
-    No value_info: every shape is derived from the inputs (exporters' value_info can be stale).
-    """
-    src = graph.model.graph
-    inputs = list(src.input)
-    declared = {v.name for v in inputs}
-    small = []
-    for name, t in graph.initializers.items():
-        if not graph.uses(name) and not graph.is_graph_output(name):
-            continue
-        if uses_external_data(t) or graph.constant_nbytes(name) > SMALL_INITIALIZER:
-            if name not in declared:
-                inputs.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
-        else:
-            small.append(t)
-    g = helper.make_graph([graph.node(nid) for nid in graph.topological_order()], src.name or "graph",
-                          inputs, list(src.output), small)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(graph.opsets.items())])
-    model.ir_version = graph.model.ir_version or 8
-    model.functions.extend(graph.model.functions)
-    return model
 
 
 class ShapeMap(dict):

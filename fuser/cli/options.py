@@ -59,7 +59,7 @@ def validation_options(f):
                      help="Absolute tolerance, for all outputs or (OUTPUT:VALUE, repeatable) one "
                           "(default by dtype: fp32 1e-4, fp16 1e-2)."),
         click.option("--rtol", multiple=True, metavar="[OUTPUT:]VALUE",
-                     help="Relative tolerance, like --atol; an element passes when |opt-ref| <= atol + rtol*|ref|."),
+                     help="Relative tolerance, like --atol; an element passes when |opt-ref| <= atol*scale + rtol*|ref| (scale: the largest |ref| of the output, at least 1)."),
         click.option("--inputs", "inputs_path", type=click.Path(exists=True), default=None,
                      help="Validate on this data: a .npz of arrays named like the inputs, or a folder of "
                           "input_N.pb tensors (ONNX test data). Default: seeded random inputs."),
