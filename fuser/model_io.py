@@ -132,17 +132,56 @@ def check_external_data(loaded: LoadedModel) -> None:
                 raise ModelError(f"external data file '{location}' for tensor '{t.name}' is missing "
                                  f"(looked in {base})")
             sizes[target] = target.stat().st_size
-        offset = int(info.get("offset", 0))
-        length = int(info["length"]) if "length" in info else sizes[target] - offset
-        if offset < 0 or length < 0 or offset + length > sizes[target]:
+        offset = _int_entry(t, info, "offset", 0)
+        length = _int_entry(t, info, "length", sizes[target] - offset)
+        if offset < 0 or length < 0:
+            raise ModelError(f"external data for tensor '{t.name}' has a negative offset or length "
+                             f"(offset {offset}, length {length})")
+        if offset + length > sizes[target]:
             raise ModelError(f"external data for tensor '{t.name}' runs past the end of '{location}' "
                              f"(offset {offset} + length {length} > {sizes[target]} bytes): truncated?")
+        needed = _stored_nbytes(t)
+        if needed is not None and length != needed:
+            raise ModelError(f"external data for tensor '{t.name}' is {length} bytes but its type and shape "
+                             f"{list(t.dims)} need {needed} bytes")
+
+
+def _int_entry(tensor: onnx.TensorProto, info: dict[str, str], key: str, default: int) -> int:
+    if key not in info:
+        return default
+    try:
+        return int(info[key])
+    except ValueError:
+        raise ModelError(f"external data for tensor '{tensor.name}' has {key} '{info[key][:40]}', "
+                         "not an integer") from None
+
+
+_SUB_BYTE_BITS = {getattr(onnx.TensorProto, n): bits for n, bits in
+                  (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
+                  if hasattr(onnx.TensorProto, n)}
+
+
+def _stored_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes the raw data of `tensor` must have (None where it cannot be told: strings, unknown types)."""
+    n = 1
+    for d in tensor.dims:
+        n *= d
+    if tensor.data_type in _SUB_BYTE_BITS:
+        return (n * _SUB_BYTE_BITS[tensor.data_type] + 7) // 8
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    try:
+        return n * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:  # a type this onnx does not know: leave it to the reader
+        return None
 
 
 def resolve_location(base: Path, location: str, tensor_name: str) -> Path:
     """The file an external-data `location` names, refusing paths that escape `base` (untrusted models)."""
     if not location:
         raise ModelError(f"tensor '{tensor_name}' is marked external but names no location")
+    if "\0" in location:
+        raise ModelError(f"tensor '{tensor_name}' has an external-data location with a NUL byte: refused")
     if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location.split("/")[0]:
         raise ModelError(f"tensor '{tensor_name}' points at absolute path '{location}'; "
                          "external data must sit in the model's folder")
@@ -151,6 +190,26 @@ def resolve_location(base: Path, location: str, tensor_name: str) -> Path:
         raise ModelError(f"tensor '{tensor_name}' points at '{location}', outside the model's folder; "
                          "refused (an untrusted model must not read other files)")
     return target
+
+
+def external_sha256(loaded: LoadedModel, tensor: onnx.TensorProto) -> str:
+    """SHA-256 of an external tensor's bytes, streamed from its file: compared without being loaded."""
+    import hashlib
+
+    info = external_info(tensor)
+    src = resolve_location(loaded.base_dir, info.get("location", ""), tensor.name)
+    offset = int(info.get("offset", 0))
+    remaining = int(info["length"]) if "length" in info else src.stat().st_size - offset
+    h = hashlib.sha256()
+    with open(src, "rb") as f:
+        f.seek(offset)
+        while remaining:
+            chunk = f.read(min(COPY_CHUNK, remaining))
+            if not chunk:
+                raise ModelError(f"external data for tensor '{tensor.name}' ends early")
+            h.update(chunk)
+            remaining -= len(chunk)
+    return h.hexdigest()
 
 
 def save_model(loaded: LoadedModel, model: onnx.ModelProto, path: str | os.PathLike,
@@ -165,6 +224,8 @@ def save_model(loaded: LoadedModel, model: onnx.ModelProto, path: str | os.PathL
     path = Path(path)
     if not path.parent.exists():
         raise UsageError(f"output folder {path.parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"output {path} is a directory; give a file name, e.g. {path / 'model.onnx'}")
     if loaded.path is not None and path.resolve() == loaded.path.resolve():
         raise UsageError(f"refusing to overwrite the input file {path}; choose another output path")
     referenced = [t for t in iter_tensors(model.graph) if uses_external_data(t)]
@@ -175,11 +236,24 @@ def save_model(loaded: LoadedModel, model: onnx.ModelProto, path: str | os.PathL
                          "cannot exceed protobuf's 2 GB limit: drop --no-external-data")
     if external_data is None:
         external_data = bool(referenced) or total >= PROTOBUF_LIMIT
+    _refuse_overwriting_inputs(loaded, [path, path.parent / (path.name + ".data")] if external_data else [path])
     if not external_data:
         if referenced:  # small enough to inline: read the weights into a copy, never into `model`
             model = _inlined(loaded, model)
         return [_atomic_write_bytes(path, model.SerializeToString())]
     return _save_with_external_data(loaded, model, path)
+
+
+def _refuse_overwriting_inputs(loaded: LoadedModel, outputs: list[Path]) -> None:
+    """The input is never modified: no output file may be the input or one of its external data files."""
+    sources = {loaded.path.resolve()} if loaded.path is not None else set()
+    if loaded.base_dir is not None:
+        sources |= {resolve_location(loaded.base_dir, external_info(t).get("location", ""), t.name)
+                    for t in iter_tensors(loaded.model.graph) if uses_external_data(t)}
+    for out in outputs:
+        if out.resolve() in sources:
+            raise UsageError(f"refusing to write {out}: it is one of the input's files (the model or its "
+                             "external data); choose another output path")
 
 
 def _external_length(loaded: LoadedModel, tensor: onnx.TensorProto) -> int:
@@ -201,17 +275,29 @@ def _inlined(loaded: LoadedModel, model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give a file name")
+    tmp = _write_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return path
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """`data` in a new temporary file `.NAME.*.tmp` beside `path`, flushed to disk; removed on failure."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    return path
+    return tmp
 
 
 def _unlink_quietly(p) -> None:
@@ -226,14 +312,20 @@ def _save_with_external_data(loaded: LoadedModel, model: onnx.ModelProto, path: 
 
     The model proto is copied shallowly per tensor: tensors whose bytes are already external are
     copied file-to-file in chunks; in-memory tensors over the threshold are written from memory.
-    The data file is renamed into place first; the graph file last, so a reader never sees a graph
-    that points at data not yet written.
+    Both files are written to temporary files first. Two files cannot be replaced in one atomic step,
+    so when `PATH` already exists it is removed just before the swap: a previous `PATH` must never be
+    left pointing at a `PATH.data` it was not written with. Then the data file is renamed into place,
+    the graph file last, so a reader never sees a graph that points at data not yet written. An
+    interruption leaves the old output (before the swap), no output (within it: two renames), or the
+    new one; never a graph with the wrong data.
     """
     data_name = path.name + ".data"
     data_path = path.parent / data_name
     out = onnx.ModelProto()
     out.CopyFrom(model)  # the proto is small here: raw bytes of external tensors are not in it
     fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp_data, _new_file_mode())
+    tmp_graph = None
     sources: dict[Path, object] = {}
     try:
         with os.fdopen(fd, "wb") as dst:
@@ -267,13 +359,17 @@ def _save_with_external_data(loaded: LoadedModel, model: onnx.ModelProto, path: 
             f.close()
         if out.ByteSize() >= PROTOBUF_LIMIT:
             raise ModelError("the graph alone (without weights) is over protobuf's 2 GB limit")
-        graph_bytes = out.SerializeToString()
+        tmp_graph = _write_temp(path, out.SerializeToString())
+        if path.exists():
+            os.unlink(path)  # the old graph may read PATH.data, about to be replaced
         os.replace(tmp_data, data_path)
-        _atomic_write_bytes(path, graph_bytes)
+        os.replace(tmp_graph, path)
     except BaseException:
         for f in sources.values():
             f.close()
         _unlink_quietly(tmp_data)
+        if tmp_graph is not None:
+            _unlink_quietly(tmp_graph)
         raise
     return [path, data_path]
 

@@ -18,7 +18,7 @@ import onnx
 import onnx.numpy_helper
 
 from fuser.graph import Graph
-from fuser.model_io import uses_external_data
+from fuser.model_io import external_sha256, uses_external_data
 
 from .noop import cleanup_section
 
@@ -37,10 +37,9 @@ def _digest(graph: Graph, name: str) -> str | None:
 
 
 def _content_digest(graph: Graph, name: str, t: onnx.TensorProto) -> str | None:
-    if uses_external_data(t):
-        arr = graph.constant(name)
-        data = None if arr is None else arr.tobytes()
-    elif t.HasField("raw_data"):
+    if uses_external_data(t):  # streamed from disk: never held in memory (models over 2 GB)
+        return external_sha256(graph.loaded, t)
+    if t.HasField("raw_data"):
         data = t.raw_data
     elif t.data_type == onnx.TensorProto.STRING:
         data = b"\0".join(len(s).to_bytes(8, "little") + s for s in t.string_data)
