@@ -337,7 +337,9 @@ class CudaRuntime:
             with contextlib.suppress(OSError):
                 return ctypes.CDLL(name)
         candidates = []
-        for base in sys.path:
+        import site  # installed packages only: never a folder the user happens to run from (untrusted)
+
+        for base in [*site.getsitepackages(), site.getusersitepackages()]:
             candidates += sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib", "libcudart.so*")), reverse=True)
         candidates += sorted(glob.glob("/usr/local/cuda*/lib64/libcudart.so*"), reverse=True)
         found = ctypes.util.find_library("cudart")

@@ -192,6 +192,12 @@ def resolve_location(base: Path, location: str, tensor_name: str) -> Path:
     return target
 
 
+def stored_size(loaded: LoadedModel) -> int:
+    """Bytes the model would take as one protobuf: its graph plus every external tensor's data."""
+    return loaded.model.ByteSize() + sum(_external_length(loaded, t) for t in iter_tensors(loaded.model.graph)
+                                         if uses_external_data(t))
+
+
 def external_sha256(loaded: LoadedModel, tensor: onnx.TensorProto) -> str:
     """SHA-256 of an external tensor's bytes, streamed from its file: compared without being loaded."""
     import hashlib
@@ -286,9 +292,17 @@ def _atomic_write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
+def _new_file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give (mkstemp's files are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _write_temp(path: Path, data: bytes) -> str:
     """`data` in a new temporary file `.NAME.*.tmp` beside `path`, flushed to disk; removed on failure."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _new_file_mode())
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -11,9 +11,10 @@ import time
 
 import onnx
 
-from .errors import ModelError
+from .errors import ModelError, UsageError
 from .graph import Graph
-from .model_io import LoadedModel, from_proto, load_model, save_model
+from .model_io import (PROTOBUF_LIMIT, LoadedModel, from_proto, iter_tensors, load_model, save_model,
+                       stored_size, uses_external_data)
 from .options import Options
 from .pass_manager import Context, PassManager
 from .report import ModelSummary, Report
@@ -45,6 +46,9 @@ def optimize_file(src: str | os.PathLike, dst: str | os.PathLike, options: Optio
     """Optimize the file `src` into `dst` (external data written beside `dst` when needed)."""
     options = options or Options()
     loaded = load_model(src)
+    if options.external_data is False and stored_size(loaded) >= PROTOBUF_LIMIT:  # refuse before any work
+        raise UsageError(f"{src} holds {stored_size(loaded) / 2**30:.2f} GiB with its weights; a single ONNX "
+                         "file cannot exceed protobuf's 2 GB limit: drop --no-external-data")
     optimized, report, _ = _run_validated(loaded, options, passes, progress)
     written = save_model(loaded, optimized, dst, external_data=options.external_data)
     report.output = ModelSummary.of(optimized, written[0])
@@ -95,6 +99,18 @@ def _run(loaded: LoadedModel, options: Options, passes, progress) -> tuple[onnx.
 
 
 def _checker_problem(model: onnx.ModelProto) -> str | None:
+    """onnx.checker's first complaint, or None. External tensors are checked as empty placeholders: the
+    checker would look for their files relative to the current folder, and never needs their bytes."""
+    if any(uses_external_data(t) for t in iter_tensors(model.graph)):
+        placeholder = onnx.ModelProto()
+        placeholder.CopyFrom(model)
+        for t in iter_tensors(placeholder.graph):
+            if uses_external_data(t):
+                del t.external_data[:]
+                t.data_location = onnx.TensorProto.DEFAULT
+                del t.dims[:]
+                t.dims.append(0)
+        model = placeholder
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:

@@ -8,7 +8,9 @@ FUSER_DEBUG=1 for the traceback). Nothing here ever prints a traceback by defaul
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -18,8 +20,29 @@ from fuser.errors import FuserError
 INTERNAL_ERROR = 3
 
 
+def _interrupt_on_sigterm():
+    """Make SIGTERM (`kill`, a CI timeout) interrupt like Ctrl-C: the KeyboardInterrupt unwinds through the
+    atomic writers, which remove their temporary files. Returns the handler to restore (None: none set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return signal.SIG_DFL if previous is None else previous
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
+        previous = _interrupt_on_sigterm()
+        try:
+            return self._invoke(ctx)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except FuserError as exc:
@@ -27,7 +50,7 @@ class _Group(click.Group):
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: exit code 130
             click.echo("fuser: interrupted; nothing was written", err=True)
             sys.exit(130)
         except Exception as exc:  # a bug in fuser: one line, not a traceback
