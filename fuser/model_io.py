@@ -198,6 +198,19 @@ def stored_size(loaded: LoadedModel) -> int:
                                          if uses_external_data(t))
 
 
+def external_ends(loaded: LoadedModel, tensor: onnx.TensorProto, n: int) -> bytes:
+    """The first and last `n` bytes of an external tensor, read without loading it."""
+    info = external_info(tensor)
+    src = resolve_location(loaded.base_dir, info.get("location", ""), tensor.name)
+    offset = int(info.get("offset", 0))
+    length = int(info["length"]) if "length" in info else src.stat().st_size - offset
+    with open(src, "rb") as f:
+        f.seek(offset)
+        head = f.read(min(n, length))
+        f.seek(offset + max(0, length - n))
+        return head + f.read(min(n, length))
+
+
 def external_sha256(loaded: LoadedModel, tensor: onnx.TensorProto) -> str:
     """SHA-256 of an external tensor's bytes, streamed from its file: compared without being loaded."""
     import hashlib
@@ -410,6 +423,23 @@ def _align(f, alignment: int = 64) -> int:
 
 
 def _copy_range(src, dst, offset: int, length: int) -> None:
+    """Copy `length` bytes at `offset` of `src` to the end of `dst`: in the kernel where the OS can
+    (copy_file_range: no bytes pass through Python), else in chunks of COPY_CHUNK."""
+    if hasattr(os, "copy_file_range"):
+        dst.flush()
+        out_pos, remaining = dst.tell(), length
+        try:
+            while remaining:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), min(COPY_CHUNK, remaining),
+                                       offset + length - remaining, out_pos + length - remaining)
+                if n == 0:
+                    raise ModelError("external data file ended early while copying weights")
+                remaining -= n
+            dst.seek(out_pos + length)
+            return
+        except OSError:  # a file system without it: fall back to reading and writing
+            dst.seek(out_pos)
+            dst.truncate()
     src.seek(offset)
     remaining = length
     while remaining:
