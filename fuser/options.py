@@ -65,8 +65,17 @@ class Options:
         self.keep_fp32 = tuple(self.keep_fp32)
 
     def max_opset_for(self, model_opset: int) -> int:
+        """The highest opset this run may raise the model to.
+
+        For the onnxruntime target the model's own opset: onnxruntime's optimizer fuses LayerNorm itself,
+        and raising BERT-base from opset 12 to 17 made its CUDA graph 2% slower (ORT then splits the
+        attention-output MatMul+Add into Gemm+Reshapes; benchmarks/results/gpu_bench.md). `--target-opset`
+        still raises it on request.
+        """
         if self.target_opset is not None:
             return self.target_opset
+        if self.target == "onnxruntime":
+            return model_opset
         return max(model_opset, DEFAULT_MAX_OPSET)
 
     def to_dict(self) -> dict:

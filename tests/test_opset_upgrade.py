@@ -51,3 +51,13 @@ def test_clip_bounds_become_inputs_of_the_data_type():
                        [("three", np.array(3.0, np.float16)), ("six", np.array(6.0, np.float16))], opset=10)
     optimized, report = optimize_and_compare(model)
     assert ops(optimized) == ["HardSwish"] and optimized.opset_import[0].version >= 14
+
+
+def test_onnxruntime_target_keeps_the_opset_unless_asked():
+    nodes = layernorm_nodes("x", "y")
+    model = make_model(nodes, [("x", F, [3, 8])], [("y", F, [3, 8])], opset=12)
+    kept, report = optimize_and_compare(model, target="onnxruntime")
+    assert kept.opset_import[0].version == 12 and "LayerNormalization" not in ops(kept)
+    assert any("--target-opset 17" in m.reason for m in report.near_misses)
+    raised, _ = optimize_and_compare(model, target="onnxruntime", target_opset=17)
+    assert "LayerNormalization" in ops(raised)

@@ -25,7 +25,7 @@ def rule_options(f):
     f = click.option("--skip-rules", multiple=True, callback=_csv, metavar="NAMES",
                      help="Do not run these rules or families.")(f)
     f = click.option("--target", type=click.Choice(TARGETS), default="generic", show_default=True,
-                     help="Where the model goes: tensorrt and generic get standard ONNX ops only.")(f)
+                     help="Where the model goes: tensorrt and generic get standard ONNX ops only; onnxruntime keeps the model's opset unless --target-opset (ORT fuses LayerNorm itself).")(f)
     f = click.option("--target-opset", type=int, default=None,
                      help="Highest opset fuser may upgrade the model to (default: the model's or 21).")(f)
     f = click.option("--no-upgrade", is_flag=True,
