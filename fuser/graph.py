@@ -289,31 +289,29 @@ class Graph:
 
         Keeping names keeps the value_info, graph output names and downstream references unchanged.
         """
-        use = self.producers.get(new)
-        if old in self.producers or use is None or new in self._graph_outputs or new in self._graph_inputs:
+        if self._renamable(old, new) and new not in self._graph_inputs:
+            self._rename(new, old)
+        else:
             self.replace_all_uses(old, new)
-            return
-        nid, slot = use
-        for cnid, cslot in list(self.uses(new)):
-            self.set_input(cnid, cslot, old)
-        self.nodes[nid].output[slot] = old
-        del self.producers[new]
-        self.producers[old] = (nid, slot)
-        self._nx = None
 
     def _keep_output_name(self, old: str, new: str) -> None:
         """Graph outputs keep their names: rename `new`'s producer output, or bridge with Identity."""
-        use = self.producers.get(new)
-        if old in self.producers or use is None or new in self._graph_outputs:
-            nid = self.add_node("Identity", [new], [old], name=f"{old}_identity")
-            self._names.add(old)
-            return
-        nid, slot = use
+        if self._renamable(old, new):
+            self._rename(new, old)
+        else:
+            self.add_node("Identity", [new], [old], name=f"{old}_identity")
+
+    def _renamable(self, old: str, new: str) -> bool:
+        return old not in self.producers and new in self.producers and new not in self._graph_outputs
+
+    def _rename(self, new: str, old: str) -> None:
+        """Give the value `new` the name `old`: its producer's output slot and every use."""
+        nid, slot = self.producers.pop(new)
         for cnid, cslot in list(self.uses(new)):
             self.set_input(cnid, cslot, old)
         self.nodes[nid].output[slot] = old
-        del self.producers[new]
         self.producers[old] = (nid, slot)
+        self._names.add(old)
         if new in self._value_info and old not in self._value_info:
             self._value_info[old] = self._value_info[new]
         self._nx = None

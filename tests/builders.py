@@ -69,3 +69,23 @@ def optimize_and_compare(model: onnx.ModelProto, atol: float | None = None, **op
 
 def ops(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]
+
+
+def assert_trt_builds(model: onnx.ModelProto, monkeypatch):
+    """The model parses and builds with TensorRT-RTX (CPU-only build); dynamic dims get profiles 1..4."""
+    import pytest
+
+    pytest.importorskip("tensorrt_rtx")
+    from fuser.trt import BuildOptions, build_engine
+    from fuser.trt.backend import ENV_VAR
+    from fuser.trt.profiles import ShapeRange
+
+    monkeypatch.setenv(ENV_VAR, "tensorrt_rtx")
+    profile = {}
+    for vi in model.graph.input:
+        dims = [d.dim_value if d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim]
+        if None in dims:
+            profile[vi.name] = ShapeRange(*(tuple(v if v else n for v in dims) for n in (1, 2, 4)))
+    result = build_engine(model, BuildOptions(opt_level=0, profiles=(profile,) if profile else ()))
+    assert result.engine_size > 0
+    return result

@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto as T, helper
 
 import fuser
-from builders import const, make_model, ops, optimize_and_compare
+from builders import assert_trt_builds, const, make_model, ops, optimize_and_compare
 
 F, H = T.FLOAT, T.FLOAT16
 NP = {F: np.float32, H: np.float16}
@@ -252,22 +252,6 @@ def test_hard_swish_after_conv_leaves_no_near_miss():
 
 
 # ------------------------------------------------------------------- TensorRT-RTX parses and builds it
-def assert_trt_builds(model, monkeypatch):
-    """The fused model parses and builds with TensorRT-RTX (CPU-only build); dynamic dims get 1..4."""
-    pytest.importorskip("tensorrt_rtx")
-    from fuser.trt import BuildOptions, build_engine
-    from fuser.trt.backend import ENV_VAR
-    from fuser.trt.profiles import ShapeRange
-
-    monkeypatch.setenv(ENV_VAR, "tensorrt_rtx")
-    profile = {}
-    for vi in model.graph.input:
-        dims = [d.dim_value if d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim]
-        if None in dims:
-            profile[vi.name] = ShapeRange(*(tuple(v if v else n for v in dims) for n in (1, 2, 4)))
-    result = build_engine(model, BuildOptions(opt_level=0, profiles=(profile,) if profile else ()))
-    assert result.engine_size > 0
-    return result
 
 
 @pytest.mark.parametrize("case", ["detr", "fp16", "transpose", "sub-from-const"])
