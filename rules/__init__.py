@@ -11,6 +11,7 @@ from fuser.rule import Rule
 
 from .conv_bn import CONV_BN, FUSED_CONV
 from .conv_elementwise import CONV_ELEMENTWISE
+from .flatten import FLATTEN
 from .hardsigmoid import HARDSIGMOID
 from .hardswish import HARDSWISH
 from .layernorm import LAYERNORM_TIERS
@@ -20,7 +21,7 @@ from .rmsnorm import RMSNORM_TIERS
 # and must not be folded into the conv's bias first (tests/test_rule_conv_elementwise.py checks it).
 # FUSED_CONV (onnxruntime target only) last: it takes a Conv once BN/scales are folded into it.
 ALL_RULES: list[Rule] = [CONV_BN, *LAYERNORM_TIERS, *RMSNORM_TIERS, HARDSWISH, HARDSIGMOID,
-                         CONV_ELEMENTWISE, FUSED_CONV]
+                         CONV_ELEMENTWISE, FUSED_CONV, FLATTEN]
 
 
 def select_rules(names=(), skip=(), target: str = "generic", rules: list[Rule] | None = None) -> list[Rule]:
