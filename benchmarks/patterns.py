@@ -8,7 +8,8 @@ instances left in fuser's output). The walks here are deliberately simple and wr
 in shared/FINDINGS.md, not from fuser's rules/, so that they are an independent check:
 
     ln_decomposed       Sqrt whose input is Add(ReduceMean(Pow(d, 2) | Mul(d, d)), eps) with d = Sub(x, ReduceMean(x)),
-                        Casts skipped anywhere on the chain (the fp16 export computes the statistics in float64)
+                        Casts skipped anywhere on the chain (the fp16 export computes the statistics in float64);
+                        also without the Add (a tool that drops a tiny eps as "Add 0")
     rms_decomposed      the same Sqrt anchor where the squared value is not a centered Sub (RMSNorm)
     hswish_hsig_mul     HardSigmoid(alpha 1/6, beta 0.5) whose output feeds Mul(x, .) with x the HardSigmoid's input
     hswish_clip         Add(x, 3) -> relu6 -> (Div 6 | Mul 1/6) and Mul(x, .), in either order
@@ -145,13 +146,17 @@ def _other(node: onnx.NodeProto, value: str) -> str | None:
 def _layernorm_anchor(g: GraphView, sqrt: onnx.NodeProto) -> str | None:
     """'ln' / 'rms' when the Sqrt is the anchor of a decomposed (RMS)Norm, else None."""
     add = g.prod(sqrt.input[0])
-    if add is None or add.op_type != "Add":
+    if add is None:
         return None
     var = None
-    for a, b in (add.input, reversed(add.input)):
-        node = g.prod(a)
-        if node is not None and node.op_type == "ReduceMean" and g.scalar(g.source(b)) is not None:
-            var = node
+    no_eps = add.op_type == "ReduceMean"
+    if no_eps:  # eps removed (onnxscript's add_0 rule drops Add(var, 1e-12))
+        var = add
+    elif add.op_type == "Add":
+        for a, b in (add.input, reversed(add.input)):
+            node = g.prod(a)
+            if node is not None and node.op_type == "ReduceMean" and g.scalar(g.source(b)) is not None:
+                var = node
     if var is None:
         return None
     square = g.prod(var.input[0])
@@ -169,7 +174,7 @@ def _layernorm_anchor(g: GraphView, sqrt: onnx.NodeProto) -> str | None:
     if sub is not None and sub.op_type == "Sub":
         mean = g.prod(sub.input[1])
         if mean is not None and mean.op_type == "ReduceMean" and g.source(mean.input[0]) == g.source(sub.input[0]):
-            return "ln"
+            return "ln-noeps" if no_eps else "ln"
     return "rms"
 
 
@@ -328,7 +333,8 @@ def count_patterns(model: onnx.ModelProto) -> dict[str, int]:
         "BatchNormalization": ops["BatchNormalization"],
         "Pow": ops["Pow"],
         "Shape": ops["Shape"],
-        "ln_decomposed": ln["ln"],
+        "ln_decomposed": ln["ln"] + ln["ln-noeps"],
+        "ln_eps_dropped": ln["ln-noeps"],
         "rms_decomposed": ln["rms"],
         "hswish_hsig_mul": pairs,
         "hsigmoid_native": alone,
