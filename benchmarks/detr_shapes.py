@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peerlib  # noqa: E402
-from peerlib import CACHE, RESULTS  # noqa: E402
+import peerlib
+from peerlib import CACHE, RESULTS
 
 DEFAULT_TOOLS = ("fuser", "onnxsim", "polygraphy")
 OPS = ("Shape", "Gather", "Concat", "Reshape", "Unsqueeze", "Slice")
@@ -142,10 +142,10 @@ def _cell(v, fmt="{}"):
 
 def markdown(results: list[dict], meta: dict) -> str:
     lines = ["# Shape tensors left by fuser and its peers", "",
-             f"Run {meta['time']}. Command: `{meta['command']}`. `shape values`: non-constant integer values "
+             (f"Run {meta['time']}. Command: `{meta['command']}`. `shape values`: non-constant integer values "
              "feeding a shape input (directly or through integer arithmetic); `2-D+`: those of rank ≥ 2. TRT: "
              "TensorRT-RTX network layers (opt level 0) with a dynamic profile. `max err`: against the input, "
-             "onnxruntime CPU, over every input shape listed.", ""]
+             "onnxruntime CPU, over every input shape listed."), ""]
     for res in results:
         shapes = "; ".join(",".join(f"{k}:{'x'.join(map(str, v))}" for k, v in s.items()) for s in res["shapes"])
         lines += [f"## {res['case']}", "", f"TensorRT profile `{res['profile']}`; checked at {shapes}.", "",

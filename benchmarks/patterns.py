@@ -162,9 +162,7 @@ def _layernorm_anchor(g: GraphView, sqrt: onnx.NodeProto) -> str | None:
     square = g.prod(var.input[0])
     if square is None:
         return None
-    if square.op_type == "Pow" and _close(g.scalar(g.source(square.input[1])), 2.0):
-        base = square.input[0]
-    elif square.op_type == "Mul" and g.source(square.input[0]) == g.source(square.input[1]):
+    if square.op_type == "Pow" and _close(g.scalar(g.source(square.input[1])), 2.0) or square.op_type == "Mul" and g.source(square.input[0]) == g.source(square.input[1]):
         base = square.input[0]
     else:
         return None
@@ -235,12 +233,13 @@ def _hard_chains(g: GraphView) -> tuple[int, int]:
         r6 = node.output[0]
         kind = None
         for use in g.consumers.get(r6, []):
+            after = g.consumers.get(use.output[0], [])
             if _is_sixth(g, use, r6):  # relu6 / 6 first
-                gated = [u for u in g.consumers.get(use.output[0], []) if u.op_type == "Mul" and _other(u, use.output[0]) == x]
+                gated = [u for u in after if u.op_type == "Mul" and _other(u, use.output[0]) == x]
                 kind = "hswish" if gated else "hsigmoid"
-            elif use.op_type == "Mul" and _other(use, r6) == x:  # x * relu6 first, then / 6
-                if any(_is_sixth(g, u, use.output[0]) for u in g.consumers.get(use.output[0], [])):
-                    kind = "hswish"
+            elif (use.op_type == "Mul" and _other(use, r6) == x  # x * relu6 first, then / 6
+                  and any(_is_sixth(g, u, use.output[0]) for u in after)):
+                kind = "hswish"
             if kind:
                 break
         if kind == "hswish":

@@ -363,7 +363,7 @@ def _child_optimize(tool: str, src: Path, dst: Path, result_path: Path, extra: l
     import onnx
 
     if tool in ("fuser", "fuser-novalidate"):
-        import click  # noqa: F401
+
         from fuser.cli import main as fuser_main
         report = dst.with_name(dst.name + ".report.json")
         args = ["optimize", str(src), "-o", str(dst), "--target", "tensorrt", "--report", str(report),
@@ -613,7 +613,7 @@ def _count(items) -> dict:
 def _cap_memory(gib: float) -> None:
     if gib and gib > 0:
         limit = int(gib * 2**30)
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))

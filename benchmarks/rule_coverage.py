@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peerlib  # noqa: E402
-from patterns import left_decomposed  # noqa: E402
-from peerlib import CACHE, RESULTS  # noqa: E402
+import peerlib
+from patterns import left_decomposed
+from peerlib import CACHE, RESULTS
 
 CORE = ("mobilenet_v3_large_op12", "mobilenet_v3_large_op13", "resnet50_bn", "bert_base_op12")
 FAMILIES = ("layernorm", "hswish", "hsigmoid", "conv-bn", "conv-elementwise")
@@ -62,7 +62,6 @@ def tolerance(dtype: str | None, scale: float | None) -> float:
 
 def cover(name: str, entry: dict, manifest: dict, work: Path, args) -> dict:
     import onnx
-
     from patterns import count_patterns
 
     src = CACHE / entry["file"]
@@ -107,11 +106,11 @@ def cover(name: str, entry: dict, manifest: dict, work: Path, args) -> dict:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# Rule coverage: instances found vs fused", "",
-             f"Run {meta['time']}. Command: `{meta['command']}`. FOUND: patterns.py on the input (independent of "
+             (f"Run {meta['time']}. Command: `{meta['command']}`. FOUND: patterns.py on the input (independent of "
              "fuser's matcher); FUSED: FOUND minus what patterns.py still finds in fuser's output; (report: "
-             "fuser's own count). `xcheck`: the canonical op count in the newer-opset export of the same model.", "",
-             "`canonical in input`: instances already in the fused form before fuser ran (e.g. mobilenet's "
-             "squeeze-excitation gates are HardSigmoid already); they are not counted as found.", "",
+             "fuser's own count). `xcheck`: the canonical op count in the newer-opset export of the same model."), "",
+             ("`canonical in input`: instances already in the fused form before fuser ran (e.g. mobilenet's "
+             "squeeze-excitation gates are HardSigmoid already); they are not counted as found."), "",
              "| model | family | found | fused | left | fuser report | canonical in input | xcheck | all fused |",
              "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import weakref
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,9 +114,8 @@ def _merge(a: Shape | None, b: Shape | None) -> Shape | None:
 
 def _symbolic(model: onnx.ModelProto) -> dict[str, Shape | None]:
     """onnxruntime's symbolic shape inference, partial results kept (it raises when incomplete)."""
-    try:
-        from onnxruntime.tools import symbolic_shape_infer as ssi
-    except Exception:
+    ssi = _symbolic_module()
+    if ssi is None:
         return {}
     logger = logging.getLogger(ssi.__name__)
     level = logger.level
@@ -142,6 +142,29 @@ def _symbolic(model: onnx.ModelProto) -> dict[str, Shape | None]:
         if shape is not None:
             shapes[name] = shape
     return shapes
+
+
+def _symbolic_module():
+    """onnxruntime's symbolic_shape_infer.py, loaded by path: importing it through `onnxruntime.tools`
+    runs that package's __init__, which imports torch whenever torch is installed (1.5-2 s a run)."""
+    global _SSI
+    if _SSI is None:
+        try:
+            import importlib.util
+
+            import onnxruntime
+
+            path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
+            spec = importlib.util.spec_from_file_location("fuser_ort_symbolic_shape_infer", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            _SSI = module
+        except Exception:  # no onnxruntime tools: onnx's inference alone
+            _SSI = False
+    return _SSI or None
+
+
+_SSI = None
 
 
 # ------------------------------------------------------------ partial values
