@@ -59,6 +59,7 @@ class Graph:
         self._seq = itertools.count()
         self._names: set[str] = set()
         self._nx: nx.MultiDiGraph | None = None
+        self._node_names: set[str] | None = None
         self._inferred: dict[str, onnx.TypeProto] | None = None
         self.opsets: dict[str, int] = {imp.domain or "": imp.version for imp in model.opset_import}
         for position, node in enumerate(g.node):
@@ -229,7 +230,7 @@ class Graph:
         return nid
 
     def fresh_node_name(self, hint: str) -> str:
-        if not hasattr(self, "_node_names"):
+        if self._node_names is None:  # built on the first new node: most runs never need it
             self._node_names = {n.name for n in self.nodes.values() if n.name}
         name, k = hint, 0
         while name in self._node_names:

@@ -71,6 +71,16 @@ CONDITIONS: dict[str, Callable[[Graph], str | None]] = {
 }
 
 
+def _check_requires(p: Pass, graph: Graph, checked: set[str]) -> None:
+    """Raise when a condition the pass requires does not hold; `checked` skips ones already proven."""
+    for condition in p.requires:
+        if condition not in checked:
+            problem = CONDITIONS[condition](graph)
+            if problem:
+                raise ModelError(f"pass '{p.name}' needs a {condition} graph: {problem}")
+            checked.add(condition)
+
+
 class PassManager:
     def __init__(self, passes: Sequence[Pass], max_iterations: int = 8):
         self.passes = list(passes)
@@ -86,12 +96,7 @@ class PassManager:
             report.iterations = iteration
             changed = False
             for p in looped:
-                for condition in p.requires:
-                    if condition not in checked:
-                        problem = CONDITIONS[condition](graph)
-                        if problem:
-                            raise ModelError(f"pass '{p.name}' needs a {condition} graph: {problem}")
-                        checked.add(condition)
+                _check_requires(p, graph, checked)
                 stats = report.pass_stats(p.name)
                 ctx.progress(f"round {iteration}: {p.name} ({len(graph)} nodes)")
                 start = time.perf_counter()
@@ -124,10 +129,7 @@ class PassManager:
         for p in self.passes:
             if not getattr(p, "final", False):
                 continue
-            for condition in p.requires:
-                problem = CONDITIONS[condition](graph)
-                if problem:
-                    raise ModelError(f"pass '{p.name}' needs a {condition} graph: {problem}")
+            _check_requires(p, graph, set())
             stats = ctx.report.pass_stats(p.name)
             ctx.progress(f"final: {p.name} ({len(graph)} nodes)")
             start = time.perf_counter()

@@ -59,7 +59,8 @@ def optimize_file(src: str | os.PathLike, dst: str | os.PathLike, options: Optio
 def _run_validated(loaded: LoadedModel, options: Options, passes, progress) -> tuple[onnx.ModelProto, Report, Graph]:
     """`_run`, then numerics validation (on by default): rewrites that change the outputs are rolled back."""
     start = time.perf_counter()
-    first = _run(loaded, options, passes, progress)
+    summary = ModelSummary.of(loaded.model, loaded.path)  # hashed once, not once per rollback trial
+    first = _run(loaded, options, passes, progress, summary)
     if not options.validate:
         return first
     from dataclasses import replace
@@ -67,19 +68,20 @@ def _run_validated(loaded: LoadedModel, options: Options, passes, progress) -> t
     from .rollback import validate_run
 
     def rerun(disabled: frozenset[str]):
-        return _run(loaded, replace(options, validate=False, disabled=disabled), passes, progress)
+        return _run(loaded, replace(options, validate=False, disabled=disabled), passes, progress, summary)
 
     optimized, report, graph = validate_run(loaded, options, first, rerun, progress)
     report.time_s = time.perf_counter() - start
     return optimized, report, graph
 
 
-def _run(loaded: LoadedModel, options: Options, passes, progress) -> tuple[onnx.ModelProto, Report, Graph]:
+def _run(loaded: LoadedModel, options: Options, passes, progress,
+         input_summary: ModelSummary | None = None) -> tuple[onnx.ModelProto, Report, Graph]:
     from .passes import default_passes
 
     start = time.perf_counter()
     report = Report(options=options.to_dict())
-    report.input = ModelSummary.of(loaded.model, loaded.path)
+    report.input = input_summary or ModelSummary.of(loaded.model, loaded.path)
     graph = Graph(loaded)
     ctx = Context(options=options, report=report, max_opset=options.max_opset_for(graph.opset()),
                   allow_upgrade=options.allow_upgrade, progress=progress or (lambda msg: None))

@@ -247,13 +247,17 @@ def analyze(m: Match) -> Norm | str:
     axes = trailing_axes(g, x, [m.const("axes"), m.const("var_axes")])
     if isinstance(axes, str):
         return axes
+    return normalization(m, x, axes)
+
+
+def normalization(m: Match, x: str, axes: tuple) -> Norm | str:
+    """The common tail of LayerNorm and RMSNorm: constants, dtype and affine parameters over `axes`."""
     k, shape = axes
     rank = len(shape) if shape is not None else None
     reason = scalar_reason(m, ("eps", "exponent", "one"), rank)
     if reason:
         return reason
-    mixed = m.has("cast_in")
-    dtype = norm_dtype(m, x, mixed)
+    dtype = norm_dtype(m, x, m.has("cast_in"))
     if isinstance(dtype, str):
         return dtype
     norm_dims = list(shape[-k:]) if shape is not None else [None] * k

@@ -22,14 +22,12 @@ scale is always written in x's dtype. The rules run after the LayerNorm ones: a 
 
 from __future__ import annotations
 
-import numpy as np
 
 from fuser.matcher import Match
 from fuser.pattern import Const, Pattern, Var, op
 from fuser.rule import Rule
 
-from .layernorm import (Norm, affine_params, cast_back, inverse, norm_dtype, scalar_reason, square,
-                        trailing_axes, upcast)
+from .layernorm import Norm, cast_back, inverse, normalization, square, trailing_axes, upcast
 
 
 def _rms(x_div: Pattern, x_sq: Pattern) -> Pattern:
@@ -45,20 +43,7 @@ def analyze(m: Match) -> Norm | str:
     axes = trailing_axes(g, x, [m.const("axes")], "RMSNormalization")
     if isinstance(axes, str):
         return axes
-    k, shape = axes
-    rank = len(shape) if shape is not None else None
-    reason = scalar_reason(m, ("eps", "exponent", "one"), rank)
-    if reason:
-        return reason
-    dtype = norm_dtype(m, x, m.has("cast_in"))
-    if isinstance(dtype, str):
-        return dtype
-    norm_dims = list(shape[-k:]) if shape is not None else [None] * k
-    scale, bias = affine_params(m, norm_dims, rank, dtype)
-    if isinstance(scale, str):
-        return scale
-    eps = float(np.asarray(m.const("eps"), dtype=np.float64).reshape(-1)[0])
-    return Norm(x, -k, eps, dtype, scale, bias)
+    return normalization(m, x, axes)
 
 
 def _check(m: Match) -> str | None:
