@@ -21,7 +21,7 @@ from fuser.model_io import _atomic_write_bytes
 from fuser.report_formats import FORMATS, render
 
 from .build import trt_build_options
-from .options import options_from, rule_options, validation_options
+from .options import model_file, options_from, rule_options, validation_options
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 _EXT = {"json": "json", "md": "md", "junit": "xml", "html": "html"}
@@ -119,8 +119,7 @@ def _optimize(model: Path, save_model: Path | None, kw: dict, build_options=None
 
     options = options_from(kw)
     select_rules(options.rules, options.skip_rules, options.target)  # unknown names fail before loading
-    if not model.exists():
-        raise UsageError(f"no such file: {model}")
+    model_file(model)
     try:
         if save_model:
             report = optimize_file(model, save_model, options)

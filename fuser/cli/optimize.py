@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from fuser.errors import UsageError
 from fuser.model_io import _atomic_write_bytes
 from fuser.pipeline import optimize_file
 from fuser.rules import select_rules
@@ -18,7 +17,7 @@ from fuser.trt import build_engine
 
 from .build import summary as build_summary
 from .build import trt_build_options
-from .options import (options_from, output_options, precision_options, rule_options, shape_options,
+from .options import (model_file, options_from, output_options, precision_options, rule_options, shape_options,
                       validation_options)
 
 PROGRESS_NODES = 5000
@@ -48,9 +47,7 @@ def optimize(model: Path, output: Path | None, report_path: str | None, build_en
     progress_flag = kw["progress"]
     options = options_from(kw)
     select_rules(options.rules, options.skip_rules, options.target)  # unknown names fail before loading
-    output = output or default_output(model)
-    if not model.exists():
-        raise UsageError(f"no such file: {model}")
+    output = output or default_output(model_file(model))
     if progress_flag is None:
         options.progress = _node_count_hint(model) > PROGRESS_NODES
     try:
