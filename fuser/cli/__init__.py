@@ -66,8 +66,11 @@ class _Group(click.Group):
 
 
 def _one_line(exc: BaseException) -> str:
-    """The message on one line: libraries (protobuf, TensorRT) put line breaks in theirs."""
-    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    """The message on one printable line: libraries (protobuf, TensorRT) put line breaks in theirs, and names
+    from a model or a report may hold control characters or unpaired surrogates."""
+    from fuser.report_formats import printable
+
+    return printable(" ".join(line.strip() for line in str(exc).splitlines() if line.strip()))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

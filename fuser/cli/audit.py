@@ -18,7 +18,7 @@ import click
 from fuser.audit import Expectations, check, load_report, section
 from fuser.errors import UsageError
 from fuser.model_io import _atomic_write_bytes
-from fuser.report_formats import FORMATS, render
+from fuser.report_formats import FORMATS, printable, render
 
 from .build import trt_build_options
 from .options import model_file, options_from, rule_options, validation_options
@@ -77,15 +77,15 @@ def audit(model: Path, expect, no_ops, no_warnings, expect_no_rollback, max_erro
         else:
             _atomic_write_bytes(path, text.encode())
     to_stderr = any(path is None for _, path in targets)  # stdout carries the rendered report
-    click.echo(_header(report), err=to_stderr)
+    click.echo(printable(_header(report)), err=to_stderr)
     for c in checks:
-        click.echo(f"  {'PASS' if c.passed else 'FAIL'} {c.name}: {c.message}", err=to_stderr)
+        click.echo(printable(f"  {'PASS' if c.passed else 'FAIL'} {c.name}: {c.message}"), err=to_stderr)
     failed = [c for c in checks if not c.passed]
     if error:
-        click.echo(f"fuser: error: {error}", err=True)
+        click.echo(printable(f"fuser: error: {error}"), err=True)
     if failed:
-        click.echo(f"fuser: audit failed: {len(failed)} of {len(checks)} expectations failed: "
-                   + ", ".join(c.name for c in failed), err=True)
+        click.echo(printable(f"fuser: audit failed: {len(failed)} of {len(checks)} expectations failed: "
+                             + ", ".join(c.name for c in failed)), err=True)
         sys.exit(1)
     if error:
         sys.exit(1)
