@@ -282,5 +282,7 @@ def parse_shape_map(text: str) -> dict[str, tuple[int, ...]]:
     for part in re.split(r"[;\s]+", text.strip()):
         if part:
             name, shape = parse_shape(part)
+            if name in out:
+                raise UsageError(f"bad shapes '{text}': input '{name}' is given twice")
             out[name] = shape
     return out

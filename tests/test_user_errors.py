@@ -162,3 +162,32 @@ def test_running_out_of_memory_is_an_error_not_a_bug(models):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fuser: error:") and "memory" in lines[0], proc.stderr
     assert not (models / "o.onnx").exists()
+
+
+# ------------------------------------------------------------------------------ flags that would be ignored
+
+@pytest.mark.parametrize("flags", [("--build",), ("--strict",), ("--save-model", "{dir}/o.onnx"), ("--seed", "3"),
+                                   ("--profile", "x:1x8"), ("--rules", "hswish"), ("--atol", "1e-3")])
+def test_optimizing_flags_on_a_saved_report_are_usage_errors(models, tmp_path, flags):
+    """A report is not optimized again: --build, --strict or --seed with one would be silently ignored."""
+    report = tmp_path / "r.json"
+    assert run(models, "audit", "{relu}", "--json", str(report)).exit_code == 0
+    result = run(models, "audit", str(report), *flags)
+    assert_one_error_line(result, 2, f"{flags[0]} needs a model, not a report")
+
+
+@pytest.mark.parametrize("args, flag", [
+    (("optimize", "{relu}", "-o", "{dir}/o.onnx", "--rules", ""), "--rules"),
+    (("optimize", "{relu}", "-o", "{dir}/o.onnx", "--skip-rules", ","), "--skip-rules"),
+    (("optimize", "{relu}", "-o", "{dir}/o.onnx", "--precision", "fp16", "--keep-fp32", " "), "--keep-fp32"),
+    (("bench", "{relu}", "--provider", "cpu", "--iters", "1", "--batch", ","), "--batch"),
+    (("bench", "{relu}", "--provider", "cpu", "--iters", "1", "--ort-opt", ""), "--ort-opt"),
+])
+def test_an_empty_list_is_a_usage_error_not_the_default(models, args, flag):
+    """`--rules "$RULES"` with RULES unset would run every rule; say so instead."""
+    assert_one_error_line(run(models, *args), 2, flag, "empty")
+
+
+def test_an_input_given_twice_in_one_validation_shape_is_a_usage_error(models):
+    result = run(models, "optimize", "{relu}", "-o", "{dir}/o.onnx", "--validate-shape", "x:1x8;x:2x8")
+    assert_one_error_line(result, 2, "'x' is given twice")

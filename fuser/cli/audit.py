@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from fuser.audit import Expectations, check, load_report, section
 from fuser.errors import UsageError
@@ -63,8 +64,7 @@ def audit(model: Path, expect, no_ops, no_warnings, expect_no_rollback, max_erro
     targets = _targets(formats, output, json_path, markdown_path, junit_path, html_path)
     error = None
     if model.suffix.lower() == ".json":
-        if save_model:
-            raise UsageError("--save-model needs a model, not a report")
+        _refuse_optimizing_flags()
         report = load_report(model, "report")
     else:
         report, error = _optimize(model, save_model, kw, build_options if build_engine_too else None)
@@ -90,6 +90,19 @@ def audit(model: Path, expect, no_ops, no_warnings, expect_no_rollback, max_erro
     if error:
         sys.exit(1)
     click.echo(f"audit passed: {len(checks)} expectation{'s' if len(checks) != 1 else ''} met", err=to_stderr)
+
+
+# What applies to a saved report; every other flag (rules, validation, --save-model, --build and its options)
+# shapes a run of the optimizer, which a report does not get.
+_REPORT_FLAGS = {"model", "expect", "no_ops", "no_warnings", "expect_no_rollback", "max_error", "baseline", "formats",
+                 "output", "json_path", "markdown_path", "junit_path", "html_path"}
+
+
+def _refuse_optimizing_flags() -> None:
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if param.name not in _REPORT_FLAGS and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+            raise UsageError(f"{param.opts[0]} needs a model, not a report")
 
 
 def _targets(formats, output, json_path, markdown_path, junit_path, html_path) -> list[tuple[str, Path | None]]:

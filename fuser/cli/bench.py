@@ -20,6 +20,8 @@ def _list(cast, choices=None):
     def parse(ctx, param, value):
         items = []
         for part in value or ():
+            if not part.strip(", "):
+                raise click.BadParameter("an empty list: give at least one value, or leave the flag out")
             for item in part.split(","):
                 item = item.strip()
                 if not item:

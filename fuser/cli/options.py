@@ -45,7 +45,10 @@ def shape_pins(flag: str, texts) -> dict[str, tuple[int, ...]]:
 def _csv(ctx, param, value):
     items: list[str] = []
     for v in value or ():
-        items.extend(s.strip() for s in v.split(",") if s.strip())
+        names = [s.strip() for s in v.split(",") if s.strip()]
+        if not names:  # `--rules "$RULES"` with RULES unset must not mean "every rule"
+            raise click.BadParameter("an empty list: give at least one name, or leave the flag out")
+        items.extend(names)
     return tuple(items)
 
 
