@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from importlib import resources
@@ -86,21 +87,25 @@ def render(report: dict, fmt: str) -> str:
     renderers = {"json": to_json, "md": to_markdown, "junit": to_junit, "html": to_html}
     if fmt not in renderers:
         raise ValueError(f"unknown report format '{fmt}' (choose from {', '.join(FORMATS)})")
-    return printable(renderers[fmt](report))
+    return printable(renderers[fmt](_plain(report, json_numbers=False)))
 
 
 def to_json(report: dict) -> str:
     """Strict JSON (NaN and Inf, which JSON lacks, become null)."""
-    return json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
+    return json.dumps(_plain(report, json_numbers=True), indent=2, allow_nan=False) + "\n"
 
 
-def _json_safe(value):
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
+def _plain(value, json_numbers: bool):
+    """Text for names protobuf handed back as bytes (not valid UTF-8: written as \\xNN); with json_numbers,
+    null for NaN and Inf."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, float) and json_numbers:
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(_plain(k, json_numbers)): _plain(v, json_numbers) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_json_safe(v) for v in value]
+        return [_plain(v, json_numbers) for v in value]
     return value
 
 

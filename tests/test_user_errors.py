@@ -191,3 +191,33 @@ def test_an_empty_list_is_a_usage_error_not_the_default(models, args, flag):
 def test_an_input_given_twice_in_one_validation_shape_is_a_usage_error(models):
     result = run(models, "optimize", "{relu}", "-o", "{dir}/o.onnx", "--validate-shape", "x:1x8;x:2x8")
     assert_one_error_line(result, 2, "'x' is given twice")
+
+
+# ------------------------------------------------------------------------------ names that are not text
+
+def test_names_that_are_not_utf8_or_hold_control_characters(tmp_path):
+    """protobuf hands a node name that is not UTF-8 back as bytes, and a name may hold a terminal escape:
+    reports still write (JSON, JUnit, Markdown), and nothing raw reaches the terminal."""
+    import json
+    import xml.etree.ElementTree as ET
+
+    from test_audit import hswish_model
+
+    model = hswish_model(1)
+    model.opset_import[0].version = 13  # with --no-upgrade, near misses name the nodes
+    for node in model.graph.node:
+        node.name = node.name.replace("/", "/@@@@")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString().replace(b"@@@@", b"\xff\x1b[J"))  # same length: still valid
+    optimized = CliRunner().invoke(main, ["optimize", str(path), "-o", str(tmp_path / "o.onnx"), "--no-upgrade",
+                                          "--report", str(tmp_path / "r.json")])
+    assert optimized.exit_code == 0, optimized.output
+    assert "\x1b" not in optimized.output
+    assert "block0/\\xff\x1b[J" in json.loads((tmp_path / "r.json").read_text())["near_misses"][0]["at"]  # data
+    audited = CliRunner().invoke(main, ["audit", str(path), "--no-upgrade", "--json", str(tmp_path / "a.json"),
+                                        "--junit", str(tmp_path / "a.xml"), "--markdown", str(tmp_path / "a.md")])
+    assert audited.exit_code == 0, audited.output
+    assert "\x1b" not in audited.output
+    assert "\\xff\\x1b[J" in (tmp_path / "a.md").read_text()
+    out = "".join(e.text or "" for e in ET.parse(tmp_path / "a.xml").getroot().iter("system-out"))
+    assert "block0/\\xff\\x1b[J" in out, out

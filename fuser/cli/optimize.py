@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import click
 
 from fuser.model_io import _atomic_write_bytes
 from fuser.pipeline import optimize_file
+from fuser.report_formats import printable, render
 from fuser.rules import select_rules
 from fuser.validate import ValidationFailed
 
@@ -54,17 +54,17 @@ def optimize(model: Path, output: Path | None, report_path: str | None, build_en
         report = optimize_file(model, output, options, progress=_echo_progress if options.progress else None)
     except ValidationFailed as exc:  # nothing was written; the report still says why
         if report_path and exc.report is not None:
-            _atomic_write_bytes(Path(report_path), json.dumps(exc.report.to_dict(), indent=2).encode())
+            _atomic_write_bytes(Path(report_path), render(exc.report.to_dict(), "json").encode())
         raise
     built = None
     if build_engine_too:
         built = build_engine(output, build_options, engine or output.with_suffix(".plan"))
         report.build = built.to_dict()
     if report_path:
-        _atomic_write_bytes(Path(report_path), json.dumps(report.to_dict(), indent=2).encode())
-    click.echo(summary(report, model, output))
+        _atomic_write_bytes(Path(report_path), render(report.to_dict(), "json").encode())
+    click.echo(printable(summary(report, model, output)))
     if built is not None:
-        click.echo(build_summary(built))
+        click.echo(printable(build_summary(built)))
 
 
 def _node_count_hint(path: Path) -> int:
