@@ -349,6 +349,8 @@ def test_expect_no_op_takes_standard_contrib_and_the_models_own_ops(saved_report
     ("validation.status", "skipped", ("--expect-no-rollback",), "cannot check: validation did not run"),
     ("build", {"warnings": [{"id": "layernorm-fp16"}]}, ("--expect-no-warning", "timing-cache-unusable"), None),
     ("build", {"log": []}, ("--expect-no-warning", "layernorm-fp16"), "cannot check: the build section lists no warnings"),
+    ("fusions", DELETE, ("--expect", "hardswish==0"), "cannot check: the report lists no fusions to count rule"),
+    ("fusions", DELETE, ("--expect", "hsigmoid==0"), None),  # a family: absent from fusion_counts means none
 ])
 def test_a_gate_that_cannot_be_evaluated_fails(saved_report, tmp_path, field, value, flags, why):
     path = tmp_path / "r.json"
