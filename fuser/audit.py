@@ -11,17 +11,23 @@
 `check(report, expectations)` returns one `Check` per expectation; the CLI prints the failed ones by
 name and exits 1. Results are also stored in the report as its `audit` section, so the Markdown and
 JUnit renderings show them.
+
+A gate must be able to fail: an expectation naming something that does not exist (a family, an op, a
+warning id) is a usage error, and one the report holds no data for (no validation statistics, no build
+log, a NaN error) fails with "cannot check" instead of passing.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
+from .report_formats import schema_problem
 
 OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "=": operator.eq, "!=": operator.ne,
              ">": operator.gt, "<": operator.lt}
@@ -61,6 +67,13 @@ class Expectations:
     @staticmethod
     def from_cli(expect=(), no_ops=(), max_error=None, baseline=None, no_warnings=(), no_rollback=False
                  ) -> Expectations:
+        if max_error is not None and not (math.isfinite(max_error) and max_error >= 0):
+            raise UsageError(f"--max-error {max_error}: expected a finite number >= 0")
+        known_ids = warning_ids()
+        for wid in no_warnings:
+            if wid not in known_ids:
+                raise UsageError(f"--expect-no-warning {wid}: no such warning id; fuser recognizes "
+                                 f"{', '.join(known_ids)}")
         return Expectations([parse_expectation(t) for t in expect], list(no_ops), max_error,
                             load_report(baseline, "--baseline") if baseline else None,
                             str(baseline) if baseline else None, list(no_warnings), no_rollback)
@@ -83,11 +96,43 @@ def load_report(path, what: str = "report") -> dict:
         raise UsageError(f"{what}: no such file: {path}")
     try:
         data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise UsageError(f"{what} {path} is not a JSON report ({exc})") from None
     if not isinstance(data, dict) or "fusion_counts" not in data:
         raise UsageError(f"{what} {path} is not a fuser report (it has no fusion_counts)")
+    problem = schema_problem(data)
+    if problem:
+        raise UsageError(f"{what} {path} is not a fuser report: {problem}")
     return data
+
+
+def warning_ids() -> list[str]:
+    """The ids `--expect-no-warning` takes: the TensorRT warnings fuser recognizes."""
+    from fuser.trt.logs import KNOWN_WARNINGS
+
+    return [w.id for w in KNOWN_WARNINGS]
+
+
+def known_ops(report: dict) -> set[str]:
+    """Op names `--expect-no-op` takes: every ONNX and onnxruntime op (other domains as domain.Op, as in the
+    report's histograms) and any op the report's models have."""
+    import onnx.defs
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort
+
+    schemas = (*onnx.defs.get_all_schemas_with_history(), *ort.get_all_operator_schema())
+    names = {s.name if s.domain in ("", "ai.onnx") else f"{s.domain}.{s.name}" for s in schemas}
+    for model in ("input", "output"):
+        names |= set((report.get(model) or {}).get("ops", {}))
+    return names
+
+
+def _unknown_op(op: str, known: set[str]) -> UsageError:
+    import difflib
+
+    by_case = {name.lower(): name for name in known}
+    guess = by_case.get(op.lower()) or next(iter(difflib.get_close_matches(op, known, n=1, cutoff=0.8)), None)
+    hint = f" (did you mean {guess}?)" if guess else ""
+    return UsageError(f"--expect-no-op '{op}': no ONNX or onnxruntime op is named so, and the model has none{hint}")
 
 
 def known_names(report: dict) -> set[str]:
@@ -101,13 +146,19 @@ def known_names(report: dict) -> set[str]:
     return {n for n in names if n}
 
 
-def count(report: dict, name: str) -> int:
-    """Applied rewrites of family `name`, or of rule `name` when no family has that name."""
+def count(report: dict, name: str) -> int | None:
+    """Applied rewrites of family `name`, or of rule `name` when no family has that name; None when the report
+    cannot tell (a rule name, and no list of fusions to count)."""
+    from fuser.rules import ALL_RULES
+
     counts = report.get("fusion_counts", {})
     if name in counts:
         return counts[name]
-    by_rule = sum(1 for f in report.get("fusions", []) if f.get("rule") == name)
-    return by_rule
+    if name in {r.family for r in ALL_RULES}:  # a family that did not fire
+        return 0
+    if "fusions" not in report:
+        return None
+    return sum(1 for f in report["fusions"] if f.get("rule") == name)
 
 
 def check(report: dict, exp: Expectations) -> list[Check]:
@@ -117,14 +168,18 @@ def check(report: dict, exp: Expectations) -> list[Check]:
         if e.name not in known:
             raise UsageError(f"--expect {e}: no rule or family is named '{e.name}' (see `fuser rules`)")
         have = count(report, e.name)
+        if have is None:
+            checks.append(Check(str(e), "count", False, f"cannot check: the report lists no fusions to count "
+                                                        f"rule {e.name}'s"))
+            continue
         ok = OPERATORS[e.op](have, e.value)
         checks.append(Check(str(e), "count", ok, f"{e.name}: {have} fusion{'s' if have != 1 else ''}"
                                                   + ("" if ok else f", expected {str(e)[len(e.name):]}")))
-    ops_after = (report.get("output") or {}).get("ops", {})
+    ops = known_ops(report) if exp.no_ops else set()
     for op in exp.no_ops:
-        n = ops_after.get(op, 0)
-        checks.append(Check(f"no-op {op}", "no-op", n == 0,
-                            f"no {op} left" if n == 0 else f"{n} {op} node{'s' if n != 1 else ''} left in the output"))
+        if op not in ops:
+            raise _unknown_op(op, ops)
+        checks.append(_no_op(report, op))
     validation = report.get("validation")
     if validation:
         status = validation.get("status")
@@ -135,15 +190,30 @@ def check(report: dict, exp: Expectations) -> list[Check]:
     if exp.max_error is not None:
         checks.append(_max_error(validation, exp.max_error))
     if exp.no_rollback:
-        rolled = (validation or {}).get("rolled_back") or []
-        checks.append(Check("no-rollback", "no-rollback", not rolled,
-                            "nothing rolled back" if not rolled else
-                            "rolled back " + ", ".join(r["key"] for r in rolled)))
+        checks.append(_no_rollback(validation))
     if exp.baseline is not None:
         checks.extend(_baseline(report, exp.baseline, exp.baseline_path or "baseline"))
     for wid in exp.no_warnings:
         checks.append(_no_warning(report, wid))
     return checks
+
+
+def _no_op(report: dict, op: str) -> Check:
+    ops_after = (report.get("output") or {}).get("ops")
+    if ops_after is None:
+        return Check(f"no-op {op}", "no-op", False, "cannot check: the report has no output op histogram")
+    n = ops_after.get(op, 0)
+    return Check(f"no-op {op}", "no-op", n == 0,
+                 f"no {op} left" if n == 0 else f"{n} {op} node{'s' if n != 1 else ''} left in the output")
+
+
+def _no_rollback(validation: dict | None) -> Check:
+    if not validation or validation.get("status") == "skipped":
+        why = (validation or {}).get("summary") or "the report has no validation section"
+        return Check("no-rollback", "no-rollback", False, f"cannot check: validation did not run ({why})")
+    rolled = validation.get("rolled_back") or []
+    return Check("no-rollback", "no-rollback", not rolled,
+                 "nothing rolled back" if not rolled else "rolled back " + ", ".join(r["key"] for r in rolled))
 
 
 def _max_error(validation: dict | None, limit: float) -> Check:
@@ -158,6 +228,9 @@ def _max_error(validation: dict | None, limit: float) -> Check:
         if err is None:
             if stats.get("elements", 1):
                 over.append(f"'{out}' has no finite error (NaN or Inf, or {stats.get('error', 'not compared')})")
+            continue
+        if not math.isfinite(err):
+            over.append(f"'{out}' {err} is not a finite number")
             continue
         worst = max(worst, err)
         if err > limit:
@@ -188,10 +261,12 @@ def _no_warning(report: dict, wid: str) -> Check:
     if not build:
         return Check(name, "no-warning", False,
                      "cannot check: the report has no build section (no engine was built)")
-    hits = [w for w in build.get("warnings", []) if isinstance(w, dict) and w.get("id") == wid]
+    if "warnings" not in build:
+        return Check(name, "no-warning", False, "cannot check: the build section lists no warnings")
+    hits = [w for w in build["warnings"] if w.get("id") == wid]
     if not hits:
         return Check(name, "no-warning", True, f"no {wid} warning in the build")
-    text = hits[0].get("message") or hits[0].get("text") or ""
+    text = hits[0].get("message") or hits[0].get("text") or next(iter(hits[0].get("lines") or ()), "")
     detail = f": {text[:200]}" if text else ""
     return Check(name, "no-warning", False, f"the build logged {wid} {len(hits)}x{detail}")
 

@@ -19,12 +19,14 @@ TensorProtos as in the ONNX test data (`test_data_set_*/` subfolders give one in
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import psutil
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelError, UsageError
@@ -131,6 +133,7 @@ _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
 def random_tensor(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator,
                   vocab_size: int = DEFAULT_VOCAB_SIZE) -> np.ndarray:
     dtype = spec.dtype
+    _check_fits_in_memory(spec.name, shape, dtype)
     if dtype.kind == "f":
         return rng.standard_normal(shape).astype(dtype)
     if _MASK.search(spec.name) and dtype.kind in "biu":
@@ -146,6 +149,16 @@ def random_tensor(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Genera
             high = 10
         return rng.integers(0, high, size=shape).astype(dtype)
     raise ModelError(f"cannot generate input '{spec.name}' of type {dtype}; pass --inputs or --no-validate")
+
+
+def _check_fits_in_memory(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """UsageError before allocating an input that cannot fit (a typo'd --input-shape or --batch), not MemoryError."""
+    need = math.prod(shape) * (8 + dtype.itemsize)  # numpy draws float64/int64, then converts
+    free = psutil.virtual_memory().available
+    if need > free:
+        raise UsageError(f"input '{name}' of shape {'x'.join(map(str, shape))} needs {need / 2**30:,.1f} GiB of "
+                         f"memory, more than the {free / 2**30:,.1f} GiB available; choose smaller dims "
+                         "(--input-shape, --validate-shape, --batch)")
 
 
 def _mask(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -269,5 +282,7 @@ def parse_shape_map(text: str) -> dict[str, tuple[int, ...]]:
     for part in re.split(r"[;\s]+", text.strip()):
         if part:
             name, shape = parse_shape(part)
+            if name in out:
+                raise UsageError(f"bad shapes '{text}': input '{name}' is given twice")
             out[name] = shape
     return out

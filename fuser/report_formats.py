@@ -8,12 +8,16 @@
     html      a standalone page: the before/after table and the op histogram as a bar chart
 
 Rendering never needs the model or live objects, so a report saved by one run can be rendered later.
+Names in a report are data from a model or a JSON file: `printable` writes the characters a file or a
+terminal cannot take (control characters, unpaired surrogates, what XML 1.0 forbids) as visible escapes.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
+import re
 import xml.etree.ElementTree as ET
 from importlib import resources
 
@@ -27,31 +31,81 @@ def schema() -> dict:
 
 
 def check_schema(report: dict) -> None:
-    """Raise jsonschema.ValidationError when `report` does not follow the schema (needs `jsonschema`)."""
+    """Raise jsonschema.ValidationError when `report` does not follow the schema (every field required)."""
     import jsonschema
 
     jsonschema.validate(report, schema(), cls=jsonschema.Draft202012Validator)
 
 
-def render(report: dict, fmt: str) -> str:
+def schema_problem(report: dict) -> str | None:
+    """Where a report read from a file breaks the schema ("field validation.outputs.y.max_abs: expected ..."),
+    or None. Sections may be missing (an older report, a hand-made baseline): only fusion_counts is required;
+    a section that is there must follow the schema, so the audit and the renderers can read it."""
+    import jsonschema
+
+    root = {**schema(), "required": ["fusion_counts"]}
     try:
-        return {"json": to_json, "md": to_markdown, "junit": to_junit, "html": to_html}[fmt](report)
-    except KeyError:
-        raise ValueError(f"unknown report format '{fmt}' (choose from {', '.join(FORMATS)})") from None
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(root).iter_errors(report))
+    except RecursionError:
+        return "it is nested too deeply"
+    if error is None:
+        return None
+    field = error.json_path.removeprefix("$").removeprefix(".") or "(top level)"
+    if error.validator in ("type", "oneOf"):  # say what is wrong without echoing a whole section
+        expected = " or ".join(sorted(_types(error.schema, root)))
+        return f"field {field}: expected {expected}, got {_json_type(error.instance)}"
+    return f"field {field}: {error.message[:200]}"
+
+
+def _types(node: dict, root: dict) -> set[str]:
+    if "$ref" in node:
+        return _types(root["$defs"][node["$ref"].rsplit("/", 1)[-1]], root)
+    if "oneOf" in node:
+        return set().union(*(_types(branch, root) for branch in node["oneOf"]))
+    kind = node.get("type", "any value")
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def _json_type(value) -> str:
+    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"),
+                       (dict, "object")):
+        if isinstance(value, kind):
+            return name
+    return "null"
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (but newline and tab), unpaired surrogates and U+FFFE/U+FFFF written as
+    \\xNN / \\uNNNN: safe in XML 1.0, in UTF-8 files and on a terminal."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+def render(report: dict, fmt: str) -> str:
+    renderers = {"json": to_json, "md": to_markdown, "junit": to_junit, "html": to_html}
+    if fmt not in renderers:
+        raise ValueError(f"unknown report format '{fmt}' (choose from {', '.join(FORMATS)})")
+    return printable(renderers[fmt](_plain(report, json_numbers=False)))
 
 
 def to_json(report: dict) -> str:
     """Strict JSON (NaN and Inf, which JSON lacks, become null)."""
-    return json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
+    return json.dumps(_plain(report, json_numbers=True), indent=2, allow_nan=False) + "\n"
 
 
-def _json_safe(value):
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
+def _plain(value, json_numbers: bool):
+    """Text for names protobuf handed back as bytes (not valid UTF-8: written as \\xNN); with json_numbers,
+    null for NaN and Inf."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, float) and json_numbers:
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(_plain(k, json_numbers)): _plain(v, json_numbers) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_json_safe(v) for v in value]
+        return [_plain(v, json_numbers) for v in value]
     return value
 
 
@@ -330,7 +384,7 @@ def to_junit(report: dict) -> str:
     root.set("failures", str(sum(int(s.get("failures")) for s in root)))
     root.set("time", f"{report.get('time_s', 0):.3f}")
     ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    return printable('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n")
 
 
 def _suite(root: ET.Element, name: str) -> ET.Element:

@@ -46,8 +46,11 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FuserError as exc:
-            click.echo(f"fuser: error: {exc}", err=True)
+            click.echo(f"fuser: error: {_one_line(exc)}", err=True)
             sys.exit(exc.exit_code)
+        except MemoryError as exc:  # the machine, not a bug: inputs or a model too big for it
+            click.echo(f"fuser: error: out of memory: {_one_line(exc) or 'an allocation failed'}", err=True)
+            sys.exit(FuserError.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: exit code 130
@@ -60,6 +63,14 @@ class _Group(click.Group):
             click.echo(f"fuser: internal error: {type(exc).__name__}: {first} "
                        "(please report it; FUSER_DEBUG=1 shows the traceback)", err=True)
             sys.exit(INTERNAL_ERROR)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one printable line: libraries (protobuf, TensorRT) put line breaks in theirs, and names
+    from a model or a report may hold control characters or unpaired surrogates."""
+    from fuser.report_formats import printable
+
+    return printable(" ".join(line.strip() for line in str(exc).splitlines() if line.strip()))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -14,14 +14,15 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from fuser.audit import Expectations, check, load_report, section
 from fuser.errors import UsageError
 from fuser.model_io import _atomic_write_bytes
-from fuser.report_formats import FORMATS, render
+from fuser.report_formats import FORMATS, printable, render
 
 from .build import trt_build_options
-from .options import options_from, rule_options, validation_options
+from .options import model_file, options_from, rule_options, validation_options
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 _EXT = {"json": "json", "md": "md", "junit": "xml", "html": "html"}
@@ -63,8 +64,7 @@ def audit(model: Path, expect, no_ops, no_warnings, expect_no_rollback, max_erro
     targets = _targets(formats, output, json_path, markdown_path, junit_path, html_path)
     error = None
     if model.suffix.lower() == ".json":
-        if save_model:
-            raise UsageError("--save-model needs a model, not a report")
+        _refuse_optimizing_flags()
         report = load_report(model, "report")
     else:
         report, error = _optimize(model, save_model, kw, build_options if build_engine_too else None)
@@ -77,19 +77,32 @@ def audit(model: Path, expect, no_ops, no_warnings, expect_no_rollback, max_erro
         else:
             _atomic_write_bytes(path, text.encode())
     to_stderr = any(path is None for _, path in targets)  # stdout carries the rendered report
-    click.echo(_header(report), err=to_stderr)
+    click.echo(printable(_header(report)), err=to_stderr)
     for c in checks:
-        click.echo(f"  {'PASS' if c.passed else 'FAIL'} {c.name}: {c.message}", err=to_stderr)
+        click.echo(printable(f"  {'PASS' if c.passed else 'FAIL'} {c.name}: {c.message}"), err=to_stderr)
     failed = [c for c in checks if not c.passed]
     if error:
-        click.echo(f"fuser: error: {error}", err=True)
+        click.echo(printable(f"fuser: error: {error}"), err=True)
     if failed:
-        click.echo(f"fuser: audit failed: {len(failed)} of {len(checks)} expectations failed: "
-                   + ", ".join(c.name for c in failed), err=True)
+        click.echo(printable(f"fuser: audit failed: {len(failed)} of {len(checks)} expectations failed: "
+                             + ", ".join(c.name for c in failed)), err=True)
         sys.exit(1)
     if error:
         sys.exit(1)
     click.echo(f"audit passed: {len(checks)} expectation{'s' if len(checks) != 1 else ''} met", err=to_stderr)
+
+
+# What applies to a saved report; every other flag (rules, validation, --save-model, --build and its options)
+# shapes a run of the optimizer, which a report does not get.
+_REPORT_FLAGS = {"model", "expect", "no_ops", "no_warnings", "expect_no_rollback", "max_error", "baseline", "formats",
+                 "output", "json_path", "markdown_path", "junit_path", "html_path"}
+
+
+def _refuse_optimizing_flags() -> None:
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if param.name not in _REPORT_FLAGS and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+            raise UsageError(f"{param.opts[0]} needs a model, not a report")
 
 
 def _targets(formats, output, json_path, markdown_path, junit_path, html_path) -> list[tuple[str, Path | None]]:
@@ -119,8 +132,7 @@ def _optimize(model: Path, save_model: Path | None, kw: dict, build_options=None
 
     options = options_from(kw)
     select_rules(options.rules, options.skip_rules, options.target)  # unknown names fail before loading
-    if not model.exists():
-        raise UsageError(f"no such file: {model}")
+    model_file(model)
     try:
         if save_model:
             report = optimize_file(model, save_model, options)

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import click
 
-from fuser.errors import UsageError
+from .options import SEED, VOCAB_SIZE, model_file, shape_pins
 
 
 def _list(cast, choices=None):
     def parse(ctx, param, value):
         items = []
         for part in value or ():
+            if not part.strip(", "):
+                raise click.BadParameter("an empty list: give at least one value, or leave the flag out")
             for item in part.split(","):
                 item = item.strip()
                 if not item:
@@ -55,8 +57,8 @@ def _list(cast, choices=None):
               help="Shape of an input with dynamic dims, e.g. input_ids:1x128 (repeatable); axis 0 follows --batch.")
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True, help="Untimed runs first.")
 @click.option("--iters", type=click.IntRange(min=1), default=200, show_default=True, help="Timed runs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-@click.option("--vocab-size", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--vocab-size", type=VOCAB_SIZE, default=100, show_default=True,
               help="Random integer ids (inputs named like *ids*) are drawn from [0, VOCAB_SIZE).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write every result (all statistics, placement, settings) here as JSON.")
@@ -65,12 +67,10 @@ def bench(model: Path, provider: str, ort_opt: tuple, cuda_graph: bool, pipeline
           input_shapes: tuple, warmup: int, iters: int, seed: int, vocab_size: int, json_path: Path | None):
     """Time MODEL with onnxruntime: median / p90 latency and throughput, device-resident IO binding."""
     from fuser.bench import benchmark, format_table, pipeline_summary
-    from fuser.inputs import parse_shape
     from fuser.model_io import _atomic_write_bytes
 
-    if not model.exists():
-        raise UsageError(f"no such file: {model}")
-    shapes = dict(parse_shape(s) for s in input_shapes)
+    model_file(model)
+    shapes = shape_pins("--input-shape", input_shapes)
     results = []
     for level in ort_opt or ("off",):
         for n in batch or (1,):

@@ -14,6 +14,8 @@ import click
 
 from fuser.trt import BuildOptions, BuildResult, build_engine, parse_profile
 
+from .options import model_file
+
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 _OPTIONS = (
@@ -29,8 +31,8 @@ _OPTIONS = (
                  help="Hardware-compatibility level (TensorRT only)."),
     click.option("--tactic-sources", metavar="A,B | +A,-B",
                  help="Exactly these tactic sources, or changes (+/-) to the default set."),
-    click.option("--max-aux-streams", type=click.IntRange(min=0), help="Most auxiliary streams per engine."),
-    click.option("--workspace", "workspace_mib", type=click.IntRange(min=1), metavar="MiB",
+    click.option("--max-aux-streams", type=click.IntRange(0, 2**31 - 1), help="Most auxiliary streams per engine."),
+    click.option("--workspace", "workspace_mib", type=click.IntRange(1, (2**63 - 1) >> 20), metavar="MiB",
                  help="Workspace memory-pool limit."),
     click.option("--compute-capability", "compute_capabilities", multiple=True, metavar="X.Y",
                  help="TensorRT-RTX target GPU (7.5, 8.0, 8.6, 8.9, 12.0, 12.1 or current); repeat for several. "
@@ -67,7 +69,7 @@ def trt_build_options(command):
 @click.option("--report", type=_FILE, help="Write the build report (options, layers, log, warnings) as JSON.")
 def build(model: Path, output: Path | None, build_options: BuildOptions, report: Path | None) -> None:
     """Build a TensorRT engine from MODEL (TensorRT when installed, else TensorRT-RTX)."""
-    output = output or model.with_suffix(".plan")
+    output = output or model_file(model).with_suffix(".plan")
     result = build_engine(model, build_options, output)
     if report:
         report.write_text(json.dumps(result.to_dict(), indent=1) + "\n")

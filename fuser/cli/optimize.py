@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import click
 
-from fuser.errors import UsageError
 from fuser.model_io import _atomic_write_bytes
 from fuser.pipeline import optimize_file
+from fuser.report_formats import printable, render
 from fuser.rules import select_rules
 from fuser.validate import ValidationFailed
 
@@ -18,7 +17,7 @@ from fuser.trt import build_engine
 
 from .build import summary as build_summary
 from .build import trt_build_options
-from .options import (options_from, output_options, precision_options, rule_options, shape_options,
+from .options import (model_file, options_from, output_options, precision_options, rule_options, shape_options,
                       validation_options)
 
 PROGRESS_NODES = 5000
@@ -48,26 +47,24 @@ def optimize(model: Path, output: Path | None, report_path: str | None, build_en
     progress_flag = kw["progress"]
     options = options_from(kw)
     select_rules(options.rules, options.skip_rules, options.target)  # unknown names fail before loading
-    output = output or default_output(model)
-    if not model.exists():
-        raise UsageError(f"no such file: {model}")
+    output = output or default_output(model_file(model))
     if progress_flag is None:
         options.progress = _node_count_hint(model) > PROGRESS_NODES
     try:
         report = optimize_file(model, output, options, progress=_echo_progress if options.progress else None)
     except ValidationFailed as exc:  # nothing was written; the report still says why
         if report_path and exc.report is not None:
-            _atomic_write_bytes(Path(report_path), json.dumps(exc.report.to_dict(), indent=2).encode())
+            _atomic_write_bytes(Path(report_path), render(exc.report.to_dict(), "json").encode())
         raise
     built = None
     if build_engine_too:
         built = build_engine(output, build_options, engine or output.with_suffix(".plan"))
         report.build = built.to_dict()
     if report_path:
-        _atomic_write_bytes(Path(report_path), json.dumps(report.to_dict(), indent=2).encode())
-    click.echo(summary(report, model, output))
+        _atomic_write_bytes(Path(report_path), render(report.to_dict(), "json").encode())
+    click.echo(printable(summary(report, model, output)))
     if built is not None:
-        click.echo(build_summary(built))
+        click.echo(printable(build_summary(built)))
 
 
 def _node_count_hint(path: Path) -> int:

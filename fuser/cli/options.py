@@ -6,15 +6,49 @@ exactly the configuration that ran.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from fuser.rule import TARGETS
+
+INT64_MAX = 2**63 - 1
+SEED = click.IntRange(0, INT64_MAX)  # numpy seeds are non-negative
+VOCAB_SIZE = click.IntRange(1, INT64_MAX)  # random ids are drawn as int64
+
+
+def model_file(path: Path) -> Path:
+    """`path` when it names an existing file; else the UsageError load_model gives (before any work)."""
+    from fuser.errors import UsageError
+
+    if not path.exists():
+        raise UsageError(f"no such file: {path}")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, not an ONNX file")
+    return path
+
+
+def shape_pins(flag: str, texts) -> dict[str, tuple[int, ...]]:
+    """'NAME:DIMS' texts (one flag's values) -> {name: shape}; an input named twice is a usage error."""
+    from fuser.errors import UsageError
+    from fuser.inputs import parse_shape
+
+    pins: dict[str, tuple[int, ...]] = {}
+    for text in texts:
+        name, shape = parse_shape(text)
+        if name in pins:
+            raise UsageError(f"{flag}: input '{name}' is given twice")
+        pins[name] = shape
+    return pins
 
 
 def _csv(ctx, param, value):
     items: list[str] = []
     for v in value or ():
-        items.extend(s.strip() for s in v.split(",") if s.strip())
+        names = [s.strip() for s in v.split(",") if s.strip()]
+        if not names:  # `--rules "$RULES"` with RULES unset must not mean "every rule"
+            raise click.BadParameter("an empty list: give at least one name, or leave the flag out")
+        items.extend(names)
     return tuple(items)
 
 
@@ -69,8 +103,8 @@ def validation_options(f):
                      help="Validate on one input set per occurrence, at these shapes (over --input-shape)."),
         click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
                      help="Where onnxruntime runs both models (cuda falls back to cpu, with a note, when absent)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs."),
-        click.option("--vocab-size", type=click.IntRange(min=1), default=100, show_default=True,
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random inputs."),
+        click.option("--vocab-size", type=VOCAB_SIZE, default=100, show_default=True,
                      help="Random integer ids (inputs named like *ids*) are drawn from [0, VOCAB_SIZE)."),
     ]
     for option in reversed(options):  # click lists options in decoration order, innermost first
@@ -100,7 +134,7 @@ def _tolerances(flag: str, values) -> tuple[float | None, dict[str, float]]:
 
 def _validation_fields(kw: dict) -> dict:
     """Options fields from the flags of `validation_options` (and remove them from kw)."""
-    from fuser.inputs import parse_shape, parse_shape_map
+    from fuser.inputs import parse_shape_map
 
     atol, atol_per = _tolerances("--atol", kw.pop("atol"))
     rtol, rtol_per = _tolerances("--rtol", kw.pop("rtol"))
@@ -112,7 +146,7 @@ def _validation_fields(kw: dict) -> dict:
         validate=kw.pop("validate"), strict=kw.pop("strict"), atol=atol, rtol=rtol, tolerances=tolerances,
         inputs_path=kw.pop("inputs_path"), provider=kw.pop("provider"), seed=kw.pop("seed"),
         vocab_size=kw.pop("vocab_size"),
-        input_shapes=dict(parse_shape(t) for t in kw.pop("input_shapes")),
+        input_shapes=shape_pins("--input-shape", kw.pop("input_shapes")),
         validation_shapes=tuple(parse_shape_map(t) for t in kw.pop("validation_shapes")),
     )
 

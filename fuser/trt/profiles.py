@@ -15,6 +15,7 @@ import onnx
 from fuser.errors import UsageError
 
 SHAPE = re.compile(r"\d+(x\d+)*")
+MAX_DIM = 2**31 - 1  # TensorRT refuses a profile dim past int32 ("Shape provided for opt is inconsistent")
 
 # A model dimension: an int when static, the dim_param name (or None) when dynamic.
 Dim = int | str | None
@@ -99,6 +100,8 @@ def _check_input(where: str, dims: tuple[Dim, ...] | None, shapes: ShapeRange) -
                              f"got {_show_range(shapes)}")
         if not low <= opt <= high:
             raise UsageError(f"{where}: dim {axis} needs min <= opt <= max, got {_show_range(shapes)}")
+        if low < 0 or high > MAX_DIM:
+            raise UsageError(f"{where}: dim {axis} must lie in 0..{MAX_DIM}, got {_show_range(shapes)}")
 
 
 def _show(dims) -> str:
