@@ -3,8 +3,8 @@
 The walk is anchored (it starts at a candidate node of the root op and follows producers upwards), so
 the cost of a rule is the number of candidates times the pattern's size, not the graph's size. It
 handles once for all rules what rules should never hand-write: commutative operand order,
-alternatives, constants compared by value at the precision of their dtype, attribute-vs-input forms
-across opsets (via `op_forms`), and schema defaults for absent attributes.
+alternatives, constants compared by value in their own dtype (exactly where it holds the value),
+attribute-vs-input forms across opsets (via `op_forms`), and schema defaults for absent attributes.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import lru_cache
 
-import ml_dtypes
 import numpy as np
 import onnx
 from onnx import helper
 
 from .graph import Graph
 from .op_forms import Literal, Operand, logical_attribute_names, logical_inputs
-from .pattern import Const, OneOf, Op, Pattern, Var
+from .pattern import Const, OneOf, Op, Pattern, Var, dtype_roundings
 
 
 class Match:
@@ -201,16 +200,15 @@ def _constant_of(operand: Operand, graph: Graph) -> np.ndarray | None:
 
 
 def const_equals(value: np.ndarray, expected: float) -> bool:
-    """One-element constant equal to `expected` within its dtype's precision (6 == 6.0, 1/6 ~ 0.1666)."""
-    if value.size != 1:
+    """One-element constant that is `expected` in its own dtype (6 == 6.0; 1/6 as fp32 0.16666667 or fp16
+    0.1666; 6.0234 in fp16 is not 6): integers exactly, floats as `pattern.dtype_roundings` says."""
+    if value.size != 1 or value.dtype == np.bool_:
         return False
-    if value.dtype == np.bool_ or value.dtype.kind in "OUS":
-        return False
+    actual = value.reshape(-1)[0]
+    if value.dtype.kind in "iu":
+        return float(expected).is_integer() and int(actual) == int(expected)
     try:
-        actual = float(value.reshape(-1)[0])
-    except (TypeError, ValueError):
+        accepted = dtype_roundings(float(expected), value.dtype)
+    except (TypeError, ValueError):  # not a float type either (strings, objects, ml_dtypes' int4...)
         return False
-    if np.issubdtype(value.dtype, np.integer):
-        return actual == float(expected)
-    eps = float(ml_dtypes.finfo(value.dtype).eps)  # ml_dtypes knows bfloat16 as well as numpy's floats
-    return abs(actual - expected) <= 4 * eps * abs(expected) + 1e-30
+    return float(actual) in accepted
