@@ -144,8 +144,11 @@ class Graph:
         n = int(np.prod(t.dims)) if t.dims else 1
         return n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
 
-    def elem_type(self, value: str) -> int | None:
-        """ONNX element type of a value (TensorProto.FLOAT...) or None when unknown."""
+    def elem_type(self, value: str, infer: bool = True) -> int | None:
+        """ONNX element type of a value (TensorProto.FLOAT...) or None when unknown.
+
+        `infer=False`: only what the model declares (initializers, Constants, value_info), never running
+        shape inference on the whole graph."""
         if value in self.initializers:
             return self.initializers[value].data_type
         info = self._value_info.get(value)
@@ -155,6 +158,8 @@ class Graph:
         if use is not None and self.nodes[use[0]].op_type == "Constant":
             arr = self.constant(value)
             return None if arr is None else helper.np_dtype_to_tensor_dtype(arr.dtype)
+        if not infer:
+            return None
         inferred = self._infer().get(value)
         if inferred is not None and inferred.HasField("tensor_type") and inferred.tensor_type.elem_type:
             return inferred.tensor_type.elem_type

@@ -58,3 +58,179 @@ def test_hardsigmoid_attributes_one_float32_ulp_off_do_not_make_a_hardswish(attr
         model = make_model(nodes, [("x", F, [2, 8])], [("y", F, [2, 8])], opset=14)
         optimized, _ = optimize_and_compare(model)
         assert (ops(optimized) == ["HardSwish"]) is fuses, attrs
+
+
+# ------------------------------------------------------ 2. emitted ops accept their element types
+def _array(value, elem):
+    return np.asarray(value, dtype=NP.get(elem) or helper.tensor_dtype_to_np_dtype(elem))
+
+
+def _model(nodes, x_shape, y_shape, inits, elem, opset):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", elem, x_shape)],
+                              [helper.make_tensor_value_info("y", elem, y_shape)],
+                              [numpy_helper.from_array(_array(v, elem), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    return model
+
+
+def _reduce(inp, out, opset):
+    if opset >= 18:
+        return [helper.make_node("ReduceMean", [inp, "axes"], [out], keepdims=1)]
+    return [helper.make_node("ReduceMean", [inp], [out], axes=[-1], keepdims=1)]
+
+
+def layernorm_model(elem, opset):
+    nodes = [*_reduce("x", "mean", opset), helper.make_node("Sub", ["x", "mean"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["sq"]), *_reduce("sq", "var", opset),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["std"]),
+             helper.make_node("Div", ["d", "std"], ["n"]), helper.make_node("Mul", ["n", "gamma"], ["s"]),
+             helper.make_node("Add", ["s", "beta"], ["y"])]
+    model = _model(nodes, [2, 8], [2, 8], {"two": 2.0, "eps": 1e-5, "gamma": np.ones(8), "beta": np.zeros(8)},
+                   elem, opset)
+    if opset >= 18:
+        model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "axes"))
+    return model
+
+
+def rmsnorm_model(elem, opset):
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"]), *_reduce("sq", "ms", opset),
+             helper.make_node("Add", ["ms", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["r"]),
+             helper.make_node("Div", ["x", "r"], ["n"]), helper.make_node("Mul", ["n", "gamma"], ["y"])]
+    model = _model(nodes, [2, 8], [2, 8], {"two": 2.0, "eps": 1e-5, "gamma": np.ones(8)}, elem, opset)
+    if opset >= 18:
+        model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "axes"))
+    return model
+
+
+def hardsigmoid_model(elem, opset):
+    nodes = [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+             helper.make_node("Div", ["c", "six"], ["y"])]
+    return _model(nodes, [2, 8], [2, 8], {"three": 3, "zero": 0, "six": 6}, elem, opset)
+
+
+def conv_model(tail):
+    def build(elem, opset):
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"])]
+        inits = {"w": np.full((4, 3, 1, 1), 0.5), "b": np.zeros(4)}
+        if tail == "bn":
+            nodes.append(helper.make_node("BatchNormalization", ["c", "s", "bb", "mu", "var"], ["y"]))
+            inits.update(s=np.ones(4), bb=np.zeros(4), mu=np.zeros(4), var=np.ones(4))
+        elif tail == "mul":
+            nodes.append(helper.make_node("Mul", ["c", "k"], ["y"]))
+            inits.update(k=np.full((4, 1, 1), 2.0))
+        else:
+            nodes.append(helper.make_node(tail, ["c"], ["y"]))
+        return _model(nodes, [1, 3, 5, 5], [1, 4, 5, 5], inits, elem, opset)
+    return build
+
+
+def flatten_model(elem, opset):
+    return _model([helper.make_node("Flatten", ["x"], ["y"], axis=1)], [2, 3, 4], [2, 12], {}, elem, opset)
+
+
+RULE_MODELS = {  # rule -> (model builder, optimize options)
+    "layernorm": (layernorm_model, {}), "rmsnorm": (rmsnorm_model, {"target_opset": 23}),
+    "hardswish": (lambda e, o: hardswish_model(e, opset=o), {}), "hardsigmoid": (hardsigmoid_model, {}),
+    "conv-bn": (conv_model("bn"), {}), "conv-elementwise": (conv_model("mul"), {}),
+    "fused-conv": (conv_model("Relu"), {"target": "onnxruntime"}),
+    "flatten-reshape": (flatten_model, {"target": "tensorrt"}),
+}
+ELEMS = {"float": F, "float16": H, "bfloat16": BF, "double": T.DOUBLE, "int32": T.INT32, "int64": T.INT64}
+
+
+def _valid(model) -> bool:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return True
+    except Exception:
+        return False
+
+
+VALID_CASES = [(rule, elem, opset) for rule in RULE_MODELS for elem in ELEMS for opset in (13, 14, 17, 21, 22, 23)
+               if _valid(RULE_MODELS[rule][0](ELEMS[elem], opset))]  # the pattern is a valid model there
+
+
+@pytest.mark.parametrize("rule,elem,opset", VALID_CASES)
+def test_every_rule_emits_only_types_its_op_accepts(rule, elem, opset):
+    """For every rule, element type and opset where its pattern is a valid model: the output is valid
+    too (full check: types against schemas), and a rule that does not fire says why."""
+    build, options = RULE_MODELS[rule]
+    optimized, report = fuser.optimize(build(ELEMS[elem], opset), validate=False, **options)
+    onnx.checker.check_model(optimized, full_check=True)
+    if not any(f.rule.startswith(rule) for f in report.fusions):
+        assert any(m.rule.startswith(rule) for m in report.near_misses), report.fusions
+
+
+def test_bf16_hardswish_needs_opset_22():
+    model = hardswish_model(BF, opset=14)
+    optimized, report = fuser.optimize(model, validate=False)
+    assert "HardSwish" not in ops(optimized) and optimized.opset_import[0].version == 14
+    assert any(m.reason == "HardSwish accepts bfloat16 from opset 22; the target opset is 21 (raise it with "
+               "--target-opset 22)" for m in report.near_misses), [m.reason for m in report.near_misses]
+    raised, _ = fuser.optimize(model, validate=False, target_opset=22)
+    assert ops(raised) == ["HardSwish"] and raised.opset_import[0].version == 22
+    onnx.checker.check_model(raised, full_check=True)
+
+
+def test_the_type_gate_decides_before_any_upgrade():
+    """A bf16 HardSigmoid at opset 13 needs 22: no upgrade to 17 for a fusion that cannot happen."""
+    optimized, report = fuser.optimize(hardsigmoid_model(BF, 13), validate=False)
+    assert optimized.opset_import[0].version == 13 and not report.notes
+    assert any("HardSigmoid accepts bfloat16 from opset 22" in m.reason for m in report.near_misses)
+
+
+@pytest.mark.parametrize("elem", [T.INT32, T.INT64], ids=["int32", "int64"])
+def test_integer_hardswish_is_left_alone(elem, tmp_path):
+    model = hardswish_model(elem, opset=14)
+    onnx.save(model, tmp_path / "int.onnx")
+    from click.testing import CliRunner
+    from fuser.cli import main
+    result = CliRunner().invoke(main, ["optimize", str(tmp_path / "int.onnx"), "-o", str(tmp_path / "out.onnx")])
+    assert result.exit_code == 0, result.output
+    out = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(out, full_check=True)
+    assert "HardSwish" not in ops(out)
+    _, report = fuser.optimize(model, validate=False)
+    assert any(m.reason == f"HardSwish does not accept {onnx.TensorProto.DataType.Name(elem).lower()}"
+               for m in report.near_misses)
+
+
+def test_ops_of_onnxruntime_domains_are_checked_against_its_registry():
+    from fuser.passes import FusionPass
+    from fuser.pattern import Var, op
+    from fuser.rule import Rule
+
+    def rewrite(m, b):
+        b.graph.set_opset(1, "com.microsoft")  # as rules/conv_bn.py does; undone with the refused rewrite
+        return b.op("FusedConv", m["x"], m["x"], domain="com.microsoft", activation="Relu")
+
+    rule = Rule(name="relu-to-fusedconv", family="test", pattern=op.Relu(Var("x")), emits="com.microsoft.FusedConv",
+                rewrite=rewrite)
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", T.INT32, [1, 1, 2, 2])],
+                       [("y", T.INT32, [1, 1, 2, 2])], opset=14)
+    optimized, report = fuser.optimize(model, passes=[FusionPass([rule])], target="onnxruntime", validate=False)
+    assert ops(optimized) == ["Relu"] and [i.domain for i in optimized.opset_import] == [""]
+    assert report.near_misses[0].reason == "com.microsoft.FusedConv does not accept int32 (version 1)"
+
+
+def _behind_a_custom_op(nodes, inits=()):
+    """x comes out of an op no schema describes, so onnx cannot infer its type; y's type is not declared."""
+    producer = helper.make_node("Opaque", ["inp"], ["x"], domain="custom")
+    graph = helper.make_graph([producer, *nodes], "g", [helper.make_tensor_value_info("inp", F, [2, 8])],
+                              [onnx.ValueInfoProto(name="y")], list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14), helper.make_opsetid("custom", 1)])
+    model.ir_version = 8
+    return model
+
+
+def test_an_unknown_element_type_is_told_by_the_constants_around_it_or_refused():
+    with_constants = _behind_a_custom_op(
+        hardswish_model(F, opset=14).graph.node, hardswish_model(F, opset=14).graph.initializer)
+    optimized, _ = fuser.optimize(with_constants, validate=False)
+    assert ops(optimized) == ["Opaque", "HardSwish"]  # Add(x, 3.0f): x is float
+    without = _behind_a_custom_op([helper.make_node("HardSigmoid", ["x"], ["g"], alpha=1 / 6, beta=0.5),
+                                   helper.make_node("Mul", ["x", "g"], ["y"])])
+    optimized, report = fuser.optimize(without, validate=False)
+    assert ops(optimized) == ["Opaque", "HardSigmoid", "Mul"]
+    assert any("the element type of 'x' is unknown" in m.reason for m in report.near_misses)
