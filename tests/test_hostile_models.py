@@ -234,3 +234,154 @@ def test_an_unknown_element_type_is_told_by_the_constants_around_it_or_refused()
     optimized, report = fuser.optimize(without, validate=False)
     assert ops(optimized) == ["Opaque", "HardSigmoid", "Mul"]
     assert any("the element type of 'x' is unknown" in m.reason for m in report.near_misses)
+
+
+# ------------------------------------------------------------------- 6. domains and functions
+def _imports(model):
+    return sorted((i.domain, i.version) for i in model.opset_import)
+
+
+@pytest.mark.parametrize("node_domain", ["", "ai.onnx"])
+def test_ai_onnx_is_the_default_domain(node_domain):
+    """Imported (and on nodes) as `ai.onnx`: one default import after the upgrade, rules match, valid."""
+    model = hardswish_model(F, opset=13, domain="ai.onnx")
+    for node in model.graph.node:
+        node.domain = node_domain
+    optimized, report = fuser.optimize(model)
+    assert ops(optimized) == ["HardSwish"] and report.validation["status"] == "passed"
+    assert _imports(optimized) == [("", 17)] or _imports(optimized) == [("ai.onnx", 17)], _imports(optimized)
+    onnx.checker.check_model(optimized, full_check=True)
+
+
+def _with_function(body, function_opset, graph_opset, hardswish=True):
+    """y = hardswish(f(x)) with f a local function (domain 'local') of `body` ('i' -> 'o')."""
+    nodes = [helper.make_node("f", ["x"], ["fx"], domain="local")]
+    inits = []
+    if hardswish:
+        sw = hardswish_model(F, opset=graph_opset)
+        for node in sw.graph.node:
+            node.input[:] = ["fx" if v == "x" else v for v in node.input]
+        nodes += list(sw.graph.node)
+        inits = list(sw.graph.initializer)
+    else:
+        nodes.append(helper.make_node("Identity", ["fx"], ["y"]))
+    function = helper.make_function("local", "f", ["i"], ["o"], body, [helper.make_opsetid("", function_opset)])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [2, 8])],
+                              [helper.make_tensor_value_info("y", F, [2, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", graph_opset),
+                                                    helper.make_opsetid("local", 1)], functions=[function])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+FUNCTION_BODIES = {
+    "unchanged ops": (13, [helper.make_node("Relu", ["i"], ["r"]), helper.make_node("Neg", ["r"], ["o"])]),
+    "attributes that became inputs": (12, [helper.make_node("Unsqueeze", ["i"], ["u"], axes=[0]),
+                                           helper.make_node("ReduceSum", ["u"], ["s"], axes=[0], keepdims=0),
+                                           helper.make_node("Relu", ["s"], ["o"])]),
+}
+
+
+@pytest.mark.parametrize("body", list(FUNCTION_BODIES))
+def test_local_functions_are_upgraded_with_the_graph(body):
+    opset, nodes = FUNCTION_BODIES[body]
+    model = _with_function(nodes, opset, opset)
+    optimized, report = fuser.optimize(model)
+    assert "HardSwish" in ops(optimized) and report.validation["status"] == "passed", report.notes
+    onnx.checker.check_model(optimized, full_check=True)
+    function = optimized.functions[0]
+    assert [(i.domain, i.version) for i in function.opset_import] == [("", optimized.opset_import[0].version)]
+    assert not any(a.name in ("axes",) for n in function.node for a in n.attribute)
+
+
+def test_a_function_that_cannot_be_upgraded_keeps_the_opset_and_says_why():
+    """Softmax over an inner axis changed meaning at 13; the converter cannot convert functions."""
+    model = _with_function([helper.make_node("Softmax", ["i"], ["o"], axis=0)], 12, 12)
+    optimized, report = fuser.optimize(model)
+    assert "HardSwish" not in ops(optimized) and optimized.opset_import == model.opset_import
+    assert any("could not upgrade opset 12 -> 17" in n for n in report.notes), report.notes
+    assert any(m.rule == "hardswish" for m in report.near_misses)
+    onnx.checker.check_model(optimized, full_check=True)
+
+
+def test_rules_never_match_inside_functions_or_subgraphs():
+    """Rules see the main graph only; a HardSwish inside a function or an If branch stays as written."""
+    inner = hardswish_model(F, opset=14)
+    body = [helper.make_node("Constant", [], [k], value=t) for k, t in
+            ((t.name, t) for t in inner.graph.initializer)]
+    body += [helper.make_node(n.op_type, [("i" if v == "x" else v) for v in n.input],
+                              [("o" if v == "y" else v) for v in n.output]) for n in inner.graph.node]
+    model = _with_function(body, 14, 14, hardswish=False)
+    optimized, report = fuser.optimize(model)
+    assert [n.op_type for n in optimized.functions[0].node].count("HardSwish") == 0
+    branch = helper.make_graph(list(inner.graph.node), "then", [], [helper.make_tensor_value_info("y", F, [2, 8])],
+                               list(inner.graph.initializer))
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["z"])], "else", [],
+                              [helper.make_tensor_value_info("z", F, [2, 8])])
+    graph = helper.make_graph([helper.make_node("If", ["cond"], ["out"], then_branch=branch, else_branch=other)],
+                              "g", [helper.make_tensor_value_info("x", F, [2, 8]),
+                                    helper.make_tensor_value_info("cond", T.BOOL, [])],
+                              [helper.make_tensor_value_info("out", F, [2, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    optimized, _ = fuser.optimize(model)
+    then = next(a.g for a in optimized.graph.node[0].attribute if a.name == "then_branch")
+    assert [n.op_type for n in then.node] == ["Add", "Clip", "Mul", "Div"]
+
+
+def test_an_upgrade_keeps_if_bodies_valid():
+    """An If whose branches use Unsqueeze's axes attribute, beside a HardSwish that needs opset 14."""
+    def branch(name):
+        return helper.make_graph([helper.make_node("Unsqueeze", ["x"], [name], axes=[0])], name, [],
+                                 [helper.make_tensor_value_info(name, F, [1, 2, 8])])
+    sw = hardswish_model(F, opset=12)
+    nodes = list(sw.graph.node) + [helper.make_node("If", ["cond"], ["u"], then_branch=branch("t"),
+                                                    else_branch=branch("e"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [2, 8]),
+                                           helper.make_tensor_value_info("cond", T.BOOL, [1])],
+                              [helper.make_tensor_value_info("y", F, [2, 8]),
+                               helper.make_tensor_value_info("u", F, [1, 2, 8])], list(sw.graph.initializer))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    optimized, report = fuser.optimize(model)
+    assert "HardSwish" in ops(optimized) and report.validation["status"] == "passed"
+    onnx.checker.check_model(optimized, full_check=True)
+
+
+# ---------------------------------------------------------------------------- 9. deep graphs
+def test_values_read_by_deeply_nested_bodies_are_found_without_recursion():
+    """3,000 nested If bodies (in memory; files stop at protobuf's depth limit) reading two outer values."""
+    from fuser.graph import outer_names
+
+    graph = onnx.GraphProto()
+    node = graph.node.add()
+    for depth in range(3000):
+        node.op_type = "If"
+        node.input.append("cond")
+        node.output.append(f"o{depth}")
+        attr = node.attribute.add(name="then_branch", type=onnx.AttributeProto.GRAPH)
+        attr.g.output.add().name = f"o{depth + 1}"
+        node = attr.g.node.add()
+    node.op_type, node.output[:] = "Relu", ["o3000"]
+    node.input.append("outer")
+    assert outer_names(graph) == {"cond", "outer"}
+
+
+def test_the_rank_behind_a_long_chain_is_found_without_recursion(tmp_path):
+    """Softmax(axis=1) at opset 10 after 3,000 Relus of unknown rank: an upgrade asks for its rank."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r0"])]
+    nodes += [helper.make_node("Relu", [f"r{i}"], [f"r{i + 1}"]) for i in range(3000)]
+    nodes += [helper.make_node("Softmax", ["r3000"], ["s"], axis=1)]
+    sw = hardswish_model(F, opset=10)
+    sw.graph.node[1].CopyFrom(helper.make_node("Clip", ["a"], ["c"], min=0.0, max=6.0))
+    graph = helper.make_graph(nodes + list(sw.graph.node), "g",
+                              [helper.make_tensor_value_info("x", F, [2, 8]),
+                               helper.make_tensor_value_info("shape", T.INT64, ["k"])],
+                              [helper.make_tensor_value_info("y", F, [2, 8]), helper.make_tensor_value_info("s", F, ["a", "b"])],
+                              [t for t in sw.graph.initializer if t.name in ("three", "divisor")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)])
+    model.ir_version = 8
+    optimized, report = fuser.optimize(model, validate=False)
+    assert "HardSwish" in ops(optimized)  # the rank is unknown: the converter upgraded the Softmax
+    onnx.checker.check_model(optimized, full_check=True)
