@@ -138,17 +138,48 @@ def _match_op(pattern: Op, operand: Operand, m: Match) -> Iterator[Match]:
     if any(o is not None for o in operands[n:]):
         return  # the node has operands the pattern does not account for
     operands = (operands + [None] * n)[:n]
+    orders = [operands]
+    if pattern.commute and n == 2 and operands[0] != operands[1]:
+        orders.append([operands[1], operands[0]])
+    orders = [o for o in orders if _plausible(pattern.inputs, o, m.graph)]
+    if not orders:
+        return
     m2 = m.copy()
     m2.bound[("o", id(pattern))] = operand
     if nid not in m2.nodes:
         m2.nodes.append(nid)
     if pattern.name:
         m2.bound[("n", pattern.name)] = nid
-    orders = [operands]
-    if pattern.commute and n == 2 and operands[0] != operands[1]:
-        orders.append([operands[1], operands[0]])
     for ordered in orders:
         yield from _match_operands(pattern.inputs, ordered, m2)
+
+
+def may_match_at(pattern: Pattern, node: onnx.NodeProto, graph: Graph) -> bool:
+    """Could `pattern` match at `node`? A look one level up, with no Match built: False rules it out.
+
+    Most candidates of a rule fail here (every Add of a 100,000-node Relu/Add chain for the LayerNorm
+    rules), at a fraction of the cost of a full match attempt."""
+    for alt in (pattern.alternatives if isinstance(pattern, OneOf) else [pattern]):
+        if not isinstance(alt, Op):
+            return True
+        if alt.op_type != node.op_type:
+            continue
+        operands = [v or None for v in node.input[:len(alt.inputs)]]
+        operands += [None] * (len(alt.inputs) - len(operands))
+        if _plausible(alt.inputs, operands, graph) or (
+                alt.commute and len(operands) == 2 and _plausible(alt.inputs, operands[::-1], graph)):
+            return True
+    return False
+
+
+def _plausible(patterns: list[Pattern], operands: list[Operand], graph: Graph) -> bool:
+    """A cheap look one level up before any copy: every operand a pattern of ops expects is produced by
+    one of those ops (most candidates of a rule fail here, e.g. every Add of a long Relu/Add chain)."""
+    for p, operand in zip(patterns, operands):
+        ops = p.root_ops()
+        if ops and _producer_op(operand, graph) not in ops:
+            return False
+    return True
 
 
 def _match_operands(patterns: list[Pattern], operands: list[Operand], m: Match) -> Iterator[Match]:

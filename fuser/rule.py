@@ -25,7 +25,7 @@ import numpy as np
 
 from . import op_types
 from .graph import Graph
-from .matcher import Match, match_value
+from .matcher import Match, match_value, may_match_at
 from .op_forms import Literal
 from .pattern import Pattern
 
@@ -186,6 +186,8 @@ def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats) -> tuple[list[Fu
             continue
         stats.attempts += 1
         node = graph.node(nid)
+        if not may_match_at(rule.pattern, node, graph):
+            continue
         at = node.name or node.output[0]
         reason, covered = None, frozenset()
         for slot, root_value in enumerate(node.output):

@@ -170,14 +170,13 @@ def constant_region(graph: Graph) -> list[int]:
     produced: set[str] = set()
     for nid in graph.topological_order():
         node = graph.node(nid)
-        if unfoldable(node) is not None:
-            continue
         ins = [v for v in node.input if v]
-        if not ins or any(graph.is_graph_output(o) for o in node.output):
+        if not ins or not all(v in produced or graph.is_constant(v) for v in ins):
+            continue  # the cheap test first: most nodes of a graph read a non-constant
+        if unfoldable(node) is not None or any(graph.is_graph_output(o) for o in node.output):
             continue
-        if all(v in produced or graph.is_constant(v) for v in ins):
-            region.append(nid)
-            produced.update(o for o in node.output if o)
+        region.append(nid)
+        produced.update(o for o in node.output if o)
     return region
 
 

@@ -385,3 +385,30 @@ def test_the_rank_behind_a_long_chain_is_found_without_recursion(tmp_path):
     optimized, report = fuser.optimize(model, validate=False)
     assert "HardSwish" in ops(optimized)  # the rank is unknown: the converter upgraded the Softmax
     onnx.checker.check_model(optimized, full_check=True)
+
+
+def test_a_100k_node_chain_goes_through_optimize_with_validation(tmp_path):
+    """Relu/Add alternating, 100,000 nodes deep, end to end through the CLI with validation on."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    depth = 100_000
+    nodes = [helper.make_node("Relu" if k % 2 == 0 else "Add", [f"v{k}"] + ([] if k % 2 == 0 else ["one"]),
+                              [f"v{k + 1}" if k + 1 < depth else "y"]) for k in range(depth)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("v0", F, [2, 4])],
+                              [helper.make_tensor_value_info("y", F, [2, 4])],
+                              [numpy_helper.from_array(np.array(0.5, np.float32), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    src, out, report = tmp_path / "chain.onnx", tmp_path / "chain.opt.onnx", tmp_path / "report.json"
+    onnx.save(model, src)
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "fuser", "optimize", str(src), "-o", str(out), "--report", str(report)],
+                         capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    print(f"100k-node chain: fuser optimize with validation took {elapsed:.1f} s")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(report.read_text())["validation"]["status"] == "passed"
+    assert len(onnx.load(out).graph.node) == depth
