@@ -23,6 +23,7 @@ import onnx
 import onnx.numpy_helper
 from onnx import helper
 
+from . import onnx_inference
 from .errors import ModelError
 from .model_io import LoadedModel, external_info, resolve_location, uses_external_data
 
@@ -468,7 +469,7 @@ class Graph:
             self._inferred = {}
             try:
                 skeleton = self.skeleton()
-                inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+                inferred = onnx_inference.infer_shapes(skeleton)
                 for v in itertools.chain(inferred.graph.value_info, inferred.graph.output, inferred.graph.input):
                     self._inferred[v.name] = v.type
             except Exception:  # inference is a best effort: unknown types only make rules more careful

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import os
+
 import ml_dtypes
 import numpy as np
 import onnx
@@ -412,3 +414,84 @@ def test_a_100k_node_chain_goes_through_optimize_with_validation(tmp_path):
     assert run.returncode == 0, run.stderr
     assert json.loads(report.read_text())["validation"]["status"] == "passed"
     assert len(onnx.load(out).graph.node) == depth
+
+
+# ---------------------------------------------------------------------- 10. folding memory
+# Peak RSS of the child alone: VmHWM belongs to the process image after exec (ru_maxrss would carry
+# over the high-water mark of the forked pytest process).
+PEAK_RSS = """
+import sys
+from fuser.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+peak = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(f"rc={code} maxrss_kib={peak}", file=sys.stderr)
+"""
+needs_proc = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="peak RSS is read from /proc")
+
+
+@needs_proc
+@pytest.mark.parametrize("op", ["ConstantOfShape", "Expand", "Tile", "Range", "OneHot", "Pad"])
+def test_a_fold_of_unknown_size_is_bounded_before_it_allocates(op, tmp_path):
+    """A tiny model whose fold would allocate 1 GiB, its size hidden from onnx inference behind an Abs:
+    under --fold-budget 1MiB the run stays small (peak RSS measured in a child process) and reports it."""
+    import json
+    import subprocess
+    import sys
+
+    n = 1 << 28  # float32 elements: 1 GiB
+    hidden = {"ConstantOfShape": [n], "Expand": [n], "Tile": [n], "Range": n, "OneHot": n, "Pad": [0, n]}[op]
+    inits = {"big": np.array(hidden, np.int64)}
+    nodes = [helper.make_node("Abs", ["big"], ["hidden"])]  # onnx data propagation stops here
+    if op == "ConstantOfShape":
+        nodes.append(helper.make_node(op, ["hidden"], ["z"], value=numpy_helper.from_array(np.ones(1, np.float32))))
+    elif op in ("Expand", "Tile", "Pad"):
+        inits["one"] = np.ones(1, np.float32)
+        nodes.append(helper.make_node(op, ["one", "hidden"], ["z"]))
+    elif op == "Range":
+        inits.update(zero=np.array(0, np.int64), step=np.array(1, np.int64))
+        nodes += [helper.make_node(op, ["zero", "hidden", "step"], ["r"]), helper.make_node("Cast", ["r"], ["z"], to=F)]
+    else:
+        inits.update(index=np.array([0], np.int64), values=np.array([0, 1], np.float32))
+        nodes.append(helper.make_node(op, ["index", "hidden", "values"], ["z"]))
+    nodes += [helper.make_node("ReduceSum", ["z"], ["s"], keepdims=0), helper.make_node("Add", ["x", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [1])],
+                              [helper.make_tensor_value_info("y", F, [1])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    src, report = tmp_path / "tiny.onnx", tmp_path / "report.json"
+    onnx.save(model, src)
+    assert src.stat().st_size < 400
+    run = subprocess.run([sys.executable, "-c", PEAK_RSS, "optimize", str(src), "-o", str(tmp_path / "out.onnx"),
+                          "--fold-budget", "1MiB", "--no-validate", "--report", str(report)],
+                         capture_output=True, text=True)
+    rc, peak = run.stderr.strip().splitlines()[-1].split()
+    assert rc == "rc=0", run.stderr
+    assert int(peak.split("=")[1]) < 600 * 1024, run.stderr  # KiB: a 1 GiB fold would be 1.1 GiB and more
+    skipped = json.loads(report.read_text())["folding"]["skipped"]
+    assert [s["op"] for s in skipped] == [op], skipped
+    assert "fold budget" in skipped[0]["reason"]
+
+
+@needs_proc
+def test_shape_inference_never_propagates_a_long_tensor_as_data(tmp_path):
+    """onnx's data propagation stores a Cast's rank-1 input as one protobuf dim per element (~140 bytes
+    each): a declared int64[2**24] input cast to float would take 2.3 GB in inference alone."""
+    import subprocess
+    import sys
+
+    nodes = [helper.make_node("Cast", ["ids"], ["f"], to=F), helper.make_node("ReduceSum", ["f"], ["s"], keepdims=0),
+             helper.make_node("Add", ["x", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", T.INT64, [1 << 24]),
+                                           helper.make_tensor_value_info("x", F, [1])],
+                              [helper.make_tensor_value_info("y", F, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "cast.onnx")
+    run = subprocess.run([sys.executable, "-c", PEAK_RSS, "optimize", str(tmp_path / "cast.onnx"), "-o",
+                          str(tmp_path / "out.onnx"), "--no-validate"], capture_output=True, text=True)
+    rc, peak = run.stderr.strip().splitlines()[-1].split()
+    assert rc == "rc=0" and int(peak.split("=")[1]) < 600 * 1024, run.stderr
