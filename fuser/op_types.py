@@ -94,6 +94,7 @@ def _registry() -> dict[tuple[str, str], tuple[Signature, ...]]:
     return {key: tuple(sorted(sigs, key=lambda s: s.since)) for key, sigs in found.items()}
 
 
+@lru_cache(maxsize=4096)
 def signature(op_type: str, domain: str, opset: int) -> Signature | None:
     """The schema version in force at `opset` (None: the op is unknown there)."""
     versions = _registry().get((_domain(domain), op_type), ())
@@ -121,22 +122,27 @@ def known_schema(op_type: str, domain: str) -> bool:
     return (_domain(domain), op_type) in _registry()
 
 
-def input_types(graph: Graph, nodes: list[onnx.NodeProto]) -> dict[str, int]:
-    """Element types of the values `nodes` read and write, as far as they can be told.
+def input_types(graph: Graph, nodes: list[onnx.NodeProto], around: list[onnx.NodeProto]) -> dict[str, int]:
+    """Element types of the inputs of `nodes` (the ops a rewrite built), as far as they can be told.
 
-    Declared types first (initializers, Constants, value_info: cheap), then onnx's inference of the
-    graph, each time unified through the nodes' type parameters: values bound to one parameter of one
-    node share its type, and a parameter with a fixed type ('tensor(int64)') gives it.
+    Cheapest first: declared types (initializers, Constants, value_info), unified through the type
+    parameters of `nodes` (LayerNormalization(x, scale) makes x the scale's type), then of the nodes
+    `around` them too (the match: Add(x, 3.0) with a float16 constant makes x float16); only then onnx's
+    inference of the whole graph.
     """
-    values = {v for n in nodes for v in (*n.input, *n.output) if v}
-    types = {v: t for v in values if (t := graph.elem_type(v, infer=False)) is not None}
-    _unify(graph, nodes, types)
-    if values - types.keys():
-        for v in values - types.keys():
-            t = graph.elem_type(v)
-            if t is not None:
+    wanted = {v for n in nodes for v in n.input if v}
+    types: dict[str, int] = {}
+    for group in (nodes, nodes + around):
+        for v in {v for n in group for v in (*n.input, *n.output) if v} - types.keys():
+            if (t := graph.elem_type(v, infer=False)) is not None:
                 types[v] = t
-        _unify(graph, nodes, types)
+        _unify(graph, group, types)
+        if wanted <= types.keys():
+            return types
+    for v in wanted - types.keys():
+        if (t := graph.elem_type(v)) is not None:
+            types[v] = t
+    _unify(graph, nodes + around, types)
     return types
 
 

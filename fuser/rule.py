@@ -249,7 +249,7 @@ def _type_refusal(graph: Graph, rule: Rule, m: Match, created: list[int], ctx) -
     refused: the gate cannot prove acceptance, and a wrong guess writes a model that fails the checker.
     """
     nodes = [graph.node(c) for c in created]
-    types = op_types.input_types(graph, nodes + [graph.node(n) for n in m.nodes])
+    types = op_types.input_types(graph, nodes, [graph.node(n) for n in m.nodes])
     needed, what = rule.min_opset, _needs(rule)
     for node in nodes:
         if not op_types.known_schema(node.op_type, node.domain):
