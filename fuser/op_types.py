@@ -34,9 +34,6 @@ class Signature:
     outputs: tuple[str, ...]
     allowed: dict  # type parameter -> frozenset of 'tensor(float)'...
 
-    def __hash__(self):
-        return hash((self.since, self.inputs, self.outputs))
-
     def formal(self, slot: int) -> str | None:
         """The type string of input `slot` (None: the op has no such input)."""
         if slot < len(self.inputs):

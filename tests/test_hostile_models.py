@@ -380,7 +380,8 @@ def test_the_rank_behind_a_long_chain_is_found_without_recursion(tmp_path):
     graph = helper.make_graph(nodes + list(sw.graph.node), "g",
                               [helper.make_tensor_value_info("x", F, [2, 8]),
                                helper.make_tensor_value_info("shape", T.INT64, ["k"])],
-                              [helper.make_tensor_value_info("y", F, [2, 8]), helper.make_tensor_value_info("s", F, ["a", "b"])],
+                              [helper.make_tensor_value_info("y", F, [2, 8]),
+                               helper.make_tensor_value_info("s", F, ["a", "b"])],
                               [t for t in sw.graph.initializer if t.name in ("three", "divisor")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)])
     model.ir_version = 8
