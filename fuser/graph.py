@@ -23,6 +23,7 @@ import onnx
 import onnx.numpy_helper
 from onnx import helper
 
+from . import onnx_inference
 from .errors import ModelError
 from .model_io import LoadedModel, external_info, resolve_location, uses_external_data
 
@@ -36,6 +37,7 @@ class Graph:
         # A copy keeps the caller's proto untouched; external weights are only references in it.
         model = onnx.ModelProto()
         model.CopyFrom(loaded.model)
+        _normalize_default_domain(model)
         self.loaded = loaded
         self.model = model
         g = model.graph
@@ -144,8 +146,11 @@ class Graph:
         n = int(np.prod(t.dims)) if t.dims else 1
         return n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
 
-    def elem_type(self, value: str) -> int | None:
-        """ONNX element type of a value (TensorProto.FLOAT...) or None when unknown."""
+    def elem_type(self, value: str, infer: bool = True) -> int | None:
+        """ONNX element type of a value (TensorProto.FLOAT...) or None when unknown.
+
+        `infer=False`: only what the model declares (initializers, Constants, value_info), never running
+        shape inference on the whole graph."""
         if value in self.initializers:
             return self.initializers[value].data_type
         info = self._value_info.get(value)
@@ -155,6 +160,8 @@ class Graph:
         if use is not None and self.nodes[use[0]].op_type == "Constant":
             arr = self.constant(value)
             return None if arr is None else helper.np_dtype_to_tensor_dtype(arr.dtype)
+        if not infer:
+            return None
         inferred = self._infer().get(value)
         if inferred is not None and inferred.HasField("tensor_type") and inferred.tensor_type.elem_type:
             return inferred.tensor_type.elem_type
@@ -462,7 +469,7 @@ class Graph:
             self._inferred = {}
             try:
                 skeleton = self.skeleton()
-                inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+                inferred = onnx_inference.infer_shapes(skeleton)
                 for v in itertools.chain(inferred.graph.value_info, inferred.graph.output, inferred.graph.input):
                     self._inferred[v.name] = v.type
             except Exception:  # inference is a best effort: unknown types only make rules more careful
@@ -470,21 +477,69 @@ class Graph:
         return self._inferred
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The bodies a node holds as attributes (If branches, Loop and Scan bodies)."""
+    found: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            found.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            found.extend(attr.graphs)
+    return found
+
+
+def outer_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph reads without defining them, through any depth of nested bodies: values of the
+    scopes around it. Iterative: a model may nest bodies deeper than Python's recursion limit."""
+    order: list[tuple[onnx.GraphProto, int]] = []  # every nested body with its parent's index, parents first
+    stack = [(graph, -1)]
+    while stack:
+        g, parent = stack.pop()
+        order.append((g, parent))
+        stack.extend((sub, len(order) - 1) for n in g.node for sub in subgraphs(n))
+    nested: list[set[str]] = [set() for _ in order]  # what each body's children read from outside them
+    outer: set[str] = set()
+    for k in range(len(order) - 1, -1, -1):  # children before parents
+        g, parent = order[k]
+        defined = {v.name for v in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+        defined |= {t.values.name for t in g.sparse_initializer}
+        used = {v for n in g.node for v in n.input if v} | {v.name for v in g.output} | nested[k]
+        outer = used - defined
+        if parent >= 0:
+            nested[parent] |= outer
+    return outer
+
+
 def _outer_names(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs read without defining them: values of the enclosing graph."""
-    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-        return set()
-    outer: set[str] = set()
-    for attr in node.attribute:
-        for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
-                  attr.graphs if attr.type == onnx.AttributeProto.GRAPHS else []):
-            defined = {v.name for v in g.input} | {t.name for t in g.initializer}
-            for n in g.node:
-                outer |= {v for v in n.input if v and v not in defined}
-                outer |= _outer_names(n) - defined
-                defined |= set(n.output)
-            outer |= {v.name for v in g.output if v.name not in defined}
-    return outer
+    bodies = subgraphs(node)
+    return set().union(*map(outer_names, bodies)) if bodies else set()
+
+
+def all_nodes(model: onnx.ModelProto):
+    """Every node of the model: main graph, local functions, and the bodies nested in either (iterative)."""
+    stack = [list(model.graph.node)] + [list(f.node) for f in model.functions]
+    while stack:
+        for node in stack.pop():
+            yield node
+            bodies = subgraphs(node)
+            if bodies:
+                stack.extend(list(b.node) for b in bodies)
+
+
+def _normalize_default_domain(model: onnx.ModelProto) -> None:
+    """`ai.onnx` is another spelling of the default domain: make it "" everywhere (imports of the model
+    and of its functions, node domains), so one import is written back and rules match its nodes."""
+    for imports in [model.opset_import] + [f.opset_import for f in model.functions]:
+        spelled = [imp for imp in imports if imp.domain == "ai.onnx"]
+        for imp in spelled:
+            if any(other.domain == "" for other in imports):
+                imports.remove(imp)
+            else:
+                imp.domain = ""
+    for node in all_nodes(model):
+        if node.domain == "ai.onnx":
+            node.domain = ""
 
 
 def _constant_node_value(node: onnx.NodeProto, graph: Graph) -> np.ndarray | None:

@@ -3,8 +3,8 @@
 The walk is anchored (it starts at a candidate node of the root op and follows producers upwards), so
 the cost of a rule is the number of candidates times the pattern's size, not the graph's size. It
 handles once for all rules what rules should never hand-write: commutative operand order,
-alternatives, constants compared by value at the precision of their dtype, attribute-vs-input forms
-across opsets (via `op_forms`), and schema defaults for absent attributes.
+alternatives, constants compared by value in their own dtype (exactly where it holds the value),
+attribute-vs-input forms across opsets (via `op_forms`), and schema defaults for absent attributes.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import lru_cache
 
-import ml_dtypes
 import numpy as np
 import onnx
 from onnx import helper
 
 from .graph import Graph
 from .op_forms import Literal, Operand, logical_attribute_names, logical_inputs
-from .pattern import Const, OneOf, Op, Pattern, Var
+from .pattern import Const, OneOf, Op, Pattern, Var, dtype_roundings
 
 
 class Match:
@@ -139,17 +138,48 @@ def _match_op(pattern: Op, operand: Operand, m: Match) -> Iterator[Match]:
     if any(o is not None for o in operands[n:]):
         return  # the node has operands the pattern does not account for
     operands = (operands + [None] * n)[:n]
+    orders = [operands]
+    if pattern.commute and n == 2 and operands[0] != operands[1]:
+        orders.append([operands[1], operands[0]])
+    orders = [o for o in orders if _plausible(pattern.inputs, o, m.graph)]
+    if not orders:
+        return
     m2 = m.copy()
     m2.bound[("o", id(pattern))] = operand
     if nid not in m2.nodes:
         m2.nodes.append(nid)
     if pattern.name:
         m2.bound[("n", pattern.name)] = nid
-    orders = [operands]
-    if pattern.commute and n == 2 and operands[0] != operands[1]:
-        orders.append([operands[1], operands[0]])
     for ordered in orders:
         yield from _match_operands(pattern.inputs, ordered, m2)
+
+
+def may_match_at(pattern: Pattern, node: onnx.NodeProto, graph: Graph) -> bool:
+    """Could `pattern` match at `node`? A look one level up, with no Match built: False rules it out.
+
+    Most candidates of a rule fail here (every Add of a 100,000-node Relu/Add chain for the LayerNorm
+    rules), at a fraction of the cost of a full match attempt."""
+    for alt in (pattern.alternatives if isinstance(pattern, OneOf) else [pattern]):
+        if not isinstance(alt, Op):
+            return True
+        if alt.op_type != node.op_type:
+            continue
+        operands = [v or None for v in node.input[:len(alt.inputs)]]
+        operands += [None] * (len(alt.inputs) - len(operands))
+        if _plausible(alt.inputs, operands, graph) or (
+                alt.commute and len(operands) == 2 and _plausible(alt.inputs, operands[::-1], graph)):
+            return True
+    return False
+
+
+def _plausible(patterns: list[Pattern], operands: list[Operand], graph: Graph) -> bool:
+    """A cheap look one level up before any copy: every operand a pattern of ops expects is produced by
+    one of those ops (most candidates of a rule fail here, e.g. every Add of a long Relu/Add chain)."""
+    for p, operand in zip(patterns, operands):
+        ops = p.root_ops()
+        if ops and _producer_op(operand, graph) not in ops:
+            return False
+    return True
 
 
 def _match_operands(patterns: list[Pattern], operands: list[Operand], m: Match) -> Iterator[Match]:
@@ -201,16 +231,15 @@ def _constant_of(operand: Operand, graph: Graph) -> np.ndarray | None:
 
 
 def const_equals(value: np.ndarray, expected: float) -> bool:
-    """One-element constant equal to `expected` within its dtype's precision (6 == 6.0, 1/6 ~ 0.1666)."""
-    if value.size != 1:
+    """One-element constant that is `expected` in its own dtype (6 == 6.0; 1/6 as fp32 0.16666667 or fp16
+    0.1666; 6.0234 in fp16 is not 6): integers exactly, floats as `pattern.dtype_roundings` says."""
+    if value.size != 1 or value.dtype == np.bool_:
         return False
-    if value.dtype == np.bool_ or value.dtype.kind in "OUS":
-        return False
+    actual = value.reshape(-1)[0]
+    if value.dtype.kind in "iu":
+        return float(expected).is_integer() and int(actual) == int(expected)
     try:
-        actual = float(value.reshape(-1)[0])
-    except (TypeError, ValueError):
+        accepted = dtype_roundings(float(expected), value.dtype)
+    except (TypeError, ValueError):  # not a float type either (strings, objects, ml_dtypes' int4...)
         return False
-    if np.issubdtype(value.dtype, np.integer):
-        return actual == float(expected)
-    eps = float(ml_dtypes.finfo(value.dtype).eps)  # ml_dtypes knows bfloat16 as well as numpy's floats
-    return abs(actual - expected) <= 4 * eps * abs(expected) + 1e-30
+    return float(actual) in accepted

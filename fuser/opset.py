@@ -10,10 +10,12 @@ older and upgrades are allowed, fuser raises the opset itself where every node k
 - Softmax/LogSoftmax/Hardmax before 13 flattened to 2-D at `axis`; at 13 they normalize along `axis`
   only. Over the last axis the two agree, so only that case is kept as is.
 
-Anything else (an op whose meaning changed, a subgraph whose ops would need upgrading too) falls back to
-`onnx.version_converter` on the whole model, which is exact but inserts Flatten/Reshape around every
-Softmax and costs seconds on large graphs (both measured: BERT-base's converted attention was 16%
-slower in onnxruntime and added TensorRT layers). When both fail, the rule is skipped and the reason noted.
+Local functions are upgraded with the graph by the same rules (their attributes move into Constant
+nodes of the body). Anything else (an op whose meaning changed, a subgraph whose ops would need
+upgrading too) falls back to `onnx.version_converter` on the whole model, which is exact but inserts
+Flatten/Reshape around every Softmax and costs seconds on large graphs (both measured: BERT-base's
+converted attention was 16% slower in onnxruntime and added TensorRT layers); never on a model with
+local functions, which it drops or fails on. When both fail, the rule is skipped and the reason noted.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def upgrade(graph: Graph, opset: int, ctx) -> Graph | None:
         report.note(f"upgraded opset {have} -> {opset} (needed by a fusion; every node kept its meaning)")
         return graph
     try:
+        if graph.model.functions:  # measured: it drops them, or fails with an IndexError
+            raise ValueError("a node needs onnx.version_converter, which does not convert the model's local "
+                             f"functions ({', '.join(f.name for f in graph.model.functions)})")
         converted = onnx.version_converter.convert_version(graph.to_model(), opset)
         onnx.checker.check_model(converted)
     except Exception as exc:  # the converter raises many types; any failure means: do not upgrade
@@ -57,25 +62,88 @@ def upgrade(graph: Graph, opset: int, ctx) -> Graph | None:
 
 
 def upgrade_in_place(graph: Graph, have: int, want: int) -> bool:
-    """Bump the opset without the converter when every node keeps its meaning; False changes nothing."""
+    """Bump the opset without the converter when every node keeps its meaning; False changes nothing.
+
+    Local functions are upgraded with the graph (their default-domain import must equal the model's),
+    by the same rules; their value types are unknown, so a Clip with attribute bounds or a Softmax over
+    an inner axis inside one needs the converter (which cannot convert functions: then no upgrade).
+    """
     plan = []
     for nid, node in graph.nodes.items():
         if node.domain not in ("", "ai.onnx"):
             continue
-        step = _plan_node(graph, node, have, want)
+        step = _plan_node(node, have, want, graph.elem_type, lambda v: _rank(graph, v))
         if step is False:
             return False
         if step is not None:
             plan.append((nid, step))
+    function_plans = []
+    for function in graph.model.functions:
+        steps = _plan_function(function, want)
+        if steps is False:
+            return False
+        function_plans.append((function, steps))
     for nid, moves in plan:
         _move_attributes_to_inputs(graph, nid, moves)
+    for function, steps in function_plans:
+        _upgrade_function(function, steps, want)
     graph.set_opset(want)
     graph.invalidate_types()
     return True
 
 
-def _plan_node(graph: Graph, node: onnx.NodeProto, have: int, want: int):
-    """None: unchanged; a list of attribute moves; False: needs the converter."""
+def _plan_function(function: onnx.FunctionProto, want: int):
+    """[(node index, attribute moves)] to bring a function's body to `want`; False: it cannot be."""
+    have = next((imp.version for imp in function.opset_import if imp.domain in ("", "ai.onnx")), None)
+    if have is None:
+        return []  # the body uses no default-domain op
+    steps = []
+    for k, node in enumerate(function.node):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        step = _plan_node(node, have, want, lambda v: None, lambda v: None)
+        if step is False:
+            return False
+        if step:
+            steps.append((k, step))
+    return steps
+
+
+def _upgrade_function(function: onnx.FunctionProto, steps, want: int) -> None:
+    """Apply `_plan_function`'s moves (attribute -> a Constant node inside the body) and bump the import."""
+    names = {v for n in function.node for v in (*n.input, *n.output)} | set(function.input)
+    nodes = list(function.node)
+    constants: dict[int, list[onnx.NodeProto]] = {}
+    for k, moves in steps:
+        node = nodes[k]
+        inputs = list(node.input)
+        for name, slot, dtype in moves:
+            attr = next(a for a in node.attribute if a.name == name)
+            value = np.asarray(onnx.helper.get_attribute_value(attr), dtype=dtype)
+            const_name, n = f"{node.output[0]}_{name}", 0
+            while const_name in names:
+                n += 1
+                const_name = f"{node.output[0]}_{name}_{n}"
+            names.add(const_name)
+            constants.setdefault(k, []).append(onnx.helper.make_node(
+                "Constant", [], [const_name], value=onnx.numpy_helper.from_array(value, const_name)))
+            inputs += [""] * (slot + 1 - len(inputs))
+            inputs[slot] = const_name
+            node.attribute.remove(attr)
+        node.input[:] = inputs
+    del function.node[:]
+    for k, node in enumerate(nodes):
+        function.node.extend(constants.get(k, []))
+        function.node.append(node)
+    for imp in function.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = want
+
+
+def _plan_node(node: onnx.NodeProto, have: int, want: int, elem_type, rank):
+    """None: unchanged; a list of attribute moves; False: needs the converter.
+
+    `elem_type(value)` and `rank(value)` tell what is known of the node's inputs (None: unknown)."""
     try:
         old, new = defs.get_schema(node.op_type, have), defs.get_schema(node.op_type, want)
     except Exception:
@@ -86,7 +154,7 @@ def _plan_node(graph: Graph, node: onnx.NodeProto, have: int, want: int):
                                                for a in node.attribute):
         return False
     if node.op_type in _SOFTMAX_LIKE and old.since_version < 13 <= new.since_version:
-        return None if _over_last_axis(graph, node, old) else False
+        return None if _over_last_axis(node, rank) else False
     moves = []
     form = ATTRIBUTE_INPUTS.get(node.op_type)
     if form is not None and have < form[0] <= want:
@@ -94,7 +162,7 @@ def _plan_node(graph: Graph, node: onnx.NodeProto, have: int, want: int):
             if not any(a.name == name for a in node.attribute):
                 continue
             if dtype is np.float32:  # a bound of Clip: must take the data's own float type
-                elem = graph.elem_type(node.input[0])
+                elem = elem_type(node.input[0])
                 if elem is None:
                     return False
                 dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
@@ -111,12 +179,12 @@ def _plan_node(graph: Graph, node: onnx.NodeProto, have: int, want: int):
     return moves
 
 
-def _over_last_axis(graph: Graph, node: onnx.NodeProto, schema) -> bool:
+def _over_last_axis(node: onnx.NodeProto, rank) -> bool:
     axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
     if axis == -1:
         return True
-    rank = _rank(graph, node.input[0], {})
-    return rank is not None and axis == rank - 1
+    known = rank(node.input[0])
+    return known is not None and axis == known - 1
 
 
 _SAME_RANK = frozenset({"Cast", "Relu", "Softmax", "LogSoftmax", "Erf", "Tanh", "Sqrt", "Neg", "Not", "Identity",
@@ -126,28 +194,55 @@ _BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Where", "And", "Or",
                         "Greater", "LessOrEqual", "GreaterOrEqual", "Max", "Min", "Sum", "Mean", "MatMul"})
 
 
-def _rank(graph: Graph, value: str, memo: dict) -> int | None:
+def _rank(graph: Graph, value: str) -> int | None:
     """A value's rank where onnx's inference lost its dims: through Reshape targets of known length,
-    broadcasting (the largest input rank) and rank-preserving ops. None when it cannot be told."""
-    if value in memo:
-        return memo[value]
-    memo[value] = None  # guards against revisiting while computing
-    shape = graph.shape(value)
-    rank = len(shape) if shape is not None else None
-    node = graph.producer_node(value)
-    if rank is None and node is not None:
-        ranks = [_rank(graph, v, memo) if v else None for v in node.input]
-        if node.op_type in _SAME_RANK and ranks:
-            rank = ranks[0]
-        elif node.op_type in _BROADCAST and ranks and None not in ranks:
-            rank = max(ranks)
-        elif node.op_type in ("Reshape", "Expand") and len(node.input) > 1:
-            target = graph.shape(node.input[1])
-            if target is not None and isinstance(target[0], int):
-                rank = target[0] if node.op_type == "Reshape" else (
-                    max(target[0], ranks[0]) if ranks[0] is not None else None)
-    memo[value] = rank
-    return rank
+    broadcasting (the largest input rank) and rank-preserving ops. None when it cannot be told.
+
+    An explicit stack, not recursion: the chain behind a value may be 100,000 nodes long."""
+    memo: dict[str, int | None] = {}
+    stack, expanded = [value], set()
+    while stack:
+        v = stack[-1]
+        if v in memo:
+            stack.pop()
+            continue
+        shape = graph.shape(v)
+        node = graph.producer_node(v) if shape is None else None
+        if shape is not None or node is None:
+            memo[v] = len(shape) if shape is not None else None
+            stack.pop()
+            continue
+        needed = _rank_inputs(node)
+        if v not in expanded and any(i not in memo for i in needed):
+            expanded.add(v)  # a value seen again before it is decided (a cycle) counts as unknown
+            stack.extend(i for i in needed if i not in memo and i not in expanded)
+            continue
+        memo[v] = _rank_of(graph, node, [memo.get(i) for i in needed])
+        stack.pop()
+    return memo[value]
+
+
+def _rank_inputs(node: onnx.NodeProto) -> list[str]:
+    """The inputs whose ranks decide the rank of the node's output."""
+    if node.op_type in _SAME_RANK or node.op_type == "Expand":
+        return node.input[:1]
+    if node.op_type in _BROADCAST:
+        return [v for v in node.input if v]
+    return []
+
+
+def _rank_of(graph: Graph, node: onnx.NodeProto, ranks: list[int | None]) -> int | None:
+    if node.op_type in _SAME_RANK and ranks:
+        return ranks[0]
+    if node.op_type in _BROADCAST and ranks and None not in ranks:
+        return max(ranks)
+    if node.op_type in ("Reshape", "Expand") and len(node.input) > 1:
+        target = graph.shape(node.input[1])
+        if target is not None and isinstance(target[0], int):
+            if node.op_type == "Reshape":
+                return target[0]
+            return max(target[0], ranks[0]) if ranks and ranks[0] is not None else None
+    return None
 
 
 def _move_attributes_to_inputs(graph: Graph, nid: int, moves) -> None:

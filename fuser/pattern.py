@@ -5,11 +5,14 @@
 
 - `Var("x")`: any value; every use of the same name must be the same value.
 - a Python number or `Const(v)`: a constant (initializer, Constant node, or an attribute that later
-  opsets made an input) equal to `v` within the precision of the constant's own dtype, as a scalar or
-  any shape with one element. `Const(name="eps")` is any constant, bound for the check and rewrite.
+  opsets made an input) that is `v` in the constant's own dtype, as a scalar or any shape with one
+  element: exactly `v` where the dtype holds it (3, 6, 0.5 in fp16 or bf16), else only the dtype's
+  rounding of `v` (1/6: see `dtype_roundings`). Integers are exact. `Const(name="eps")` is any
+  constant, bound for the check and rewrite.
 - `op.Add(a, b)`: a node of that type whose operands match `a` and `b`. Commutative ops (Add, Mul, Min,
   Max...) also try the swapped order; pass `_commute=False` to forbid it. Keyword arguments constrain
-  attributes (`keepdims=1`, or a predicate `axis=lambda v: v in (-1, 3)`); the schema's default is used
+  attributes (`keepdims=1`, a predicate `axis=lambda v: v in (-1, 3)`, or `float_attr(1 / 6)` for a
+  float attribute, which ONNX stores as float32); the schema's default is used
   when the node leaves the attribute out. `_name="mean"` names the node for the check and rewrite;
   `_out=1` matches the node's second output.
 - `a | b`: either pattern (tried in order). Reusing one Python pattern object twice means the same node.
@@ -17,8 +20,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
+
+import ml_dtypes
+import numpy as np
 
 COMMUTATIVE = frozenset({"Add", "Mul", "Min", "Max", "Sum", "Mean", "Equal", "And", "Or", "Xor",
                          "BitwiseAnd", "BitwiseOr", "BitwiseXor"})
@@ -103,14 +111,40 @@ class OneOf(Pattern):
         return " | ".join(alt.describe() for alt in self.alternatives)
 
 
-def approx(expected: float, rel: float = 1e-5) -> Callable[[Any], bool]:
-    """Attribute predicate: a float attribute equal to `expected` within `rel` (1/6 vs 0.16666667)."""
+@lru_cache(maxsize=1024)
+def dtype_roundings(expected: float, dtype: np.dtype) -> frozenset[float]:
+    """The values a constant of float `dtype` may hold and still mean `expected`: its round-to-nearest
+    in `dtype` and, for types narrower than float32, its rounding through float32 first (fp64 -> fp32
+    -> fp16, what real converters produce). Where `dtype` holds `expected` exactly, that is `expected`
+    alone: a constant 6.0234 in fp16 is not 6, however close."""
+    info = ml_dtypes.finfo(dtype)  # numpy's floats and ml_dtypes' (bfloat16, float8...) alike
+    roundings = {_round_to_nearest(expected, info.nmant, info.minexp)}
+    if np.dtype(dtype).itemsize < 4:
+        f32 = np.finfo(np.float32)
+        roundings.add(_round_to_nearest(_round_to_nearest(expected, f32.nmant, f32.minexp), info.nmant, info.minexp))
+    return frozenset(roundings)
 
-    def close(actual) -> bool:
-        return isinstance(actual, (int, float)) and abs(actual - expected) <= rel * max(abs(expected), 1e-12)
 
-    close.__name__ = f"approx({expected:g})"
-    return close
+def _round_to_nearest(value: float, mantissa_bits: int, min_exponent: int) -> float:
+    """`value` rounded to nearest (ties to even) with `mantissa_bits` after the point, subnormals below
+    2**min_exponent. Computed here because library casts to bfloat16 round through float32 first."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    _, exponent = math.frexp(value)  # value = m * 2**exponent, 0.5 <= |m| < 1
+    ulp_exponent = max(exponent - 1, min_exponent) - mantissa_bits
+    return math.ldexp(round(math.ldexp(value, -ulp_exponent)), ulp_exponent)
+
+
+def float_attr(expected: float) -> Callable[[Any], bool]:
+    """Attribute predicate: a float attribute (float32 in ONNX) that is `expected`: 0.5 exactly, 1/6 as
+    its float32 rounding 0.16666667, nothing one ulp further."""
+    accepted = dtype_roundings(expected, np.dtype(np.float32))
+
+    def equal(actual) -> bool:
+        return isinstance(actual, (int, float)) and float(actual) in accepted
+
+    equal.__name__ = f"float_attr({expected:g})"
+    return equal
 
 
 def as_pattern(x) -> Pattern:

@@ -8,9 +8,11 @@
 
 `apply_rule` is the engine that runs one rule over a graph: candidates come from the index of the
 pattern's root op; every structural match then passes, in order, the rule's check, the safety check
-(no value the match would remove is used outside it or is a graph output) and the opset check (the
-model's opset is at least what the emitted ops need, or may be upgraded to it). The first refusal of a
-candidate is kept as a near miss, with its reason, for the report.
+(no value the match would remove is used outside it or is a graph output), the opset check (the
+model's opset is at least what the emitted ops need, or may be upgraded to it) and, once the
+replacement is built, the type check (every emitted op accepts its inputs' element types at that
+opset, per its schema: `op_types`). The first refusal of a candidate is kept as a near miss, with its
+reason, for the report.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import op_types
 from .graph import Graph
-from .matcher import Match, match_value
+from .matcher import Match, match_value, may_match_at
 from .op_forms import Literal
 from .pattern import Pattern
 
@@ -107,6 +110,7 @@ class Rewriter:
         self.anchor = anchor
         self.target = target
         self.created: list[int] = []
+        self.initializers: list[str] = []
         self._prefix = graph.node(anchor).name or rule.name
 
     def op(self, op_type: str, *inputs: str | Literal | None, outputs: int = 1, domain: str = "",
@@ -126,7 +130,18 @@ class Rewriter:
 
     def const(self, value, hint: str = "const", dtype=None) -> str:
         array = np.asarray(value, dtype=dtype) if dtype is not None else np.asarray(value)
-        return self.graph.add_initializer(f"{self._prefix}/{self.rule.name}/{hint}", array)
+        name = self.graph.add_initializer(f"{self._prefix}/{self.rule.name}/{hint}", array)
+        self.initializers.append(name)
+        return name
+
+    def undo(self, opsets: dict[str, int]) -> None:
+        """Remove what this rewrite built (nodes, initializers, opset imports): the graph as before it."""
+        for created in self.created:
+            self.graph.remove_node(created)
+        for name in self.initializers:
+            self.graph.remove_initializer(name)
+        self.graph.opsets.clear()
+        self.graph.opsets.update(opsets)
 
     def operand(self, value: str | Literal) -> str:
         """A graph value for an operand (attribute-borne literals become initializers)."""
@@ -171,6 +186,8 @@ def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats) -> tuple[list[Fu
             continue
         stats.attempts += 1
         node = graph.node(nid)
+        if not may_match_at(rule.pattern, node, graph):
+            continue
         at = node.name or node.output[0]
         reason, covered = None, frozenset()
         for slot, root_value in enumerate(node.output):
@@ -185,14 +202,11 @@ def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats) -> tuple[list[Fu
                     break
                 stats.matches += 1
                 refusal = (rule.check(m) if rule.check else None) or unsafe_reason(m, {root_value}) \
-                    or _opset_refusal(graph, rule, ctx)
-                if refusal:
-                    if reason is None:
-                        reason, covered = refusal, frozenset(m.nodes)
-                    continue
-                fusion = _rewrite(graph, rule, m, nid, root_value, key, ctx)
+                    or _opset_refusal(graph, ctx, rule.min_opset, _needs(rule), upgrade=False)
+                fusion = refusal or _rewrite(graph, rule, m, nid, root_value, key, ctx)
                 if isinstance(fusion, str):
-                    reason = reason or fusion
+                    if reason is None:
+                        reason, covered = fusion, frozenset(m.nodes)
                     continue
                 fusions.append(fusion)
                 stats.hits += 1
@@ -207,28 +221,79 @@ def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats) -> tuple[list[Fu
     return fusions, near
 
 
-def _opset_refusal(graph: Graph, rule: Rule, ctx) -> str | None:
+def _needs(rule: Rule) -> str:
+    return f"emits {rule.emits}, which needs opset {rule.min_opset}"
+
+
+def _opset_refusal(graph: Graph, ctx, needed: int, what: str, upgrade: bool = True) -> str | None:
+    """None when the model's opset is at least `needed`; else raise UpgradeNeeded (`upgrade=False`: return
+    None, the caller decides later) when the run may upgrade to it, or say why it may not."""
     have = graph.opset()
-    if have >= rule.min_opset:
+    if have >= needed:
         return None
-    if ctx.allow_upgrade and rule.min_opset <= ctx.max_opset:
-        raise UpgradeNeeded(max(rule.min_opset, getattr(ctx, "wanted_opset", 0)))
+    if ctx.allow_upgrade and needed <= ctx.max_opset:
+        if not upgrade:
+            return None
+        raise UpgradeNeeded(max(needed, getattr(ctx, "wanted_opset", 0)))
     if not ctx.allow_upgrade:
-        return (f"emits {rule.emits}, which needs opset {rule.min_opset}; the model has opset {have} "
-                "and upgrades are disabled")
-    return (f"emits {rule.emits}, which needs opset {rule.min_opset}; the target opset is {ctx.max_opset} "
-            f"(raise it with --target-opset {rule.min_opset})")
+        return f"{what}; the model has opset {have} and upgrades are disabled"
+    return f"{what}; the target opset is {ctx.max_opset} (raise it with --target-opset {needed})"
+
+
+def _type_refusal(graph: Graph, rule: Rule, m: Match, created: list[int], ctx) -> str | None:
+    """Does every op the rewrite created accept its inputs' element types at the model's opset (and is
+    that opset at least the rule's `min_opset`)?
+
+    When the emitted ops need a later opset (HardSwish takes bfloat16 from opset 22), this raises
+    UpgradeNeeded where the run may upgrade to it, and otherwise returns the reason. An unknown type is
+    refused: the gate cannot prove acceptance, and a wrong guess writes a model that fails the checker.
+    """
+    nodes = [graph.node(c) for c in created]
+    types = op_types.input_types(graph, nodes, [graph.node(n) for n in m.nodes])
+    needed, what = rule.min_opset, _needs(rule)
+    for node in nodes:
+        if not op_types.known_schema(node.op_type, node.domain):
+            continue  # a custom op: nothing to check against
+        unknown = [v for v in node.input if v and v not in types]
+        if unknown:
+            return (f"the element type of '{unknown[0]}' is unknown, so it cannot be told whether "
+                    f"{_qualified(node)} accepts it")
+        elem = [types[v] if v else None for v in node.input]
+        given = ", ".join(dict.fromkeys(op_types.type_name(e) for e in elem if e is not None))
+        default = (node.domain or "") in op_types.DEFAULT_DOMAINS
+        have = graph.opset(node.domain)
+        if not have:
+            return f"emits {_qualified(node)}, but the model does not import the domain '{node.domain}'"
+        lowest = max(have, rule.min_opset) if default else have
+        first = op_types.first_accepting_opset(node.op_type, node.domain, elem, lowest,
+                                               None if default else have)
+        if first is None:
+            return f"{_qualified(node)} does not accept {given}" + ("" if default else f" (version {have})")
+        if first > needed:
+            needed, what = first, f"{_qualified(node)} accepts {given} from opset {first}"
+    return _opset_refusal(graph, ctx, needed, what)
+
+
+def _qualified(node) -> str:
+    return node.op_type if (node.domain or "") in op_types.DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
 
 
 def _rewrite(graph: Graph, rule: Rule, m: Match, nid: int, root_value: str, key: str, ctx) -> Fusion | str:
+    """Build the rule's replacement and, when the emitted ops accept their types, swap it in."""
     builder = Rewriter(graph, rule, m, nid, ctx.target)
+    opsets = dict(graph.opsets)
     replaced_names = m.node_names()
     try:
         result = rule.rewrite(m, builder)
-    except RefusedRewrite as refusal:
-        for created in builder.created:
-            graph.remove_node(created)
-        return str(refusal)
+        refusal = _type_refusal(graph, rule, m, builder.created, ctx)
+    except (RefusedRewrite, UpgradeNeeded) as stop:
+        builder.undo(opsets)
+        if isinstance(stop, UpgradeNeeded):
+            raise
+        return str(stop)
+    if refusal:
+        builder.undo(opsets)
+        return refusal
     mapping = result if isinstance(result, dict) else {root_value: result}
     extra = set(mapping) - {root_value}
     if extra and unsafe_reason(m, set(mapping)) is not None:

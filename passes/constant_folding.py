@@ -10,10 +10,13 @@ names, so downstream references, value_info and validation keys stay valid.
 
 Never folded: ops of non-default domains (custom kernels), random ops, ops with subgraphs, sequence
 and optional ops, Quantize/DequantizeLinear (explicit quantization must reach the runtime), and nodes
-producing graph outputs. A node whose result would grow the model past the
-budget (`fold_budget_bytes`: output larger than the budget and larger than its inputs — a big
-`Expand`, `Tile`, `ConstantOfShape`, `Range`) stays an op. Every skipped fold is reported with its
-reason in `report.extra["folding"]["skipped"]`; a fold that fails never fails the run.
+producing graph outputs. A node whose result would grow the model past the budget
+(`fold_budget_bytes`: output larger than the budget and larger than its inputs — a big `Expand`,
+`Tile`, `ConstantOfShape`, `Range`) stays an op, and is never computed: where inference on the region
+cannot tell a result's size, the region runs node by node and each such node's size is told first
+from its actual inputs (`result_bytes`); a size that cannot be told is not computed. Every skipped
+fold is reported with its reason in `report.extra["folding"]["skipped"]`; a fold that fails never
+fails the run.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import onnx
 import onnx.numpy_helper
 from onnx import helper
 
+from fuser import onnx_inference
 from fuser.graph import Graph
 
 from .shape_inference import folding_section, type_shape
@@ -105,7 +109,20 @@ class ConstantFolding:
 
         reason = f"its result exceeds the fold budget of {budget} bytes (raise it with --fold-budget)"
         region = _prune(graph, region, over_budget(None), skipped, reason)  # estimated: never compute it
-        arrays = evaluate(graph, region, skipped, info) if region else {}
+
+        def bound(node: onnx.NodeProto, feeds: dict[str, np.ndarray]) -> str | None:
+            """Why a node whose size inference left unknown must not run, told from its actual inputs."""
+            if all(nbytes(o) is not None for o in node.output if o):
+                return None  # already within the budget
+            size = result_bytes(graph, node, feeds)
+            if size is None:
+                return "its result size cannot be known before computing it, so it is not computed"
+            if size > budget and size > sum(int(a.nbytes) for a in feeds.values()):
+                return reason.replace("its result", f"its result ({size} bytes)")
+            return None
+
+        bounded = all(nbytes(o) is not None for nid in region for o in graph.node(nid).output if o)
+        arrays = evaluate(graph, region, skipped, info, None if bounded else bound) if region else {}
         region = _prune(graph, region, lambda nid: nid in skipped or not all(
             o in arrays for o in graph.node(nid).output if o), skipped, None)
         region = _prune(graph, region, over_budget(arrays), skipped, reason)  # actual sizes
@@ -170,14 +187,13 @@ def constant_region(graph: Graph) -> list[int]:
     produced: set[str] = set()
     for nid in graph.topological_order():
         node = graph.node(nid)
-        if unfoldable(node) is not None:
-            continue
         ins = [v for v in node.input if v]
-        if not ins or any(graph.is_graph_output(o) for o in node.output):
+        if not ins or not all(v in produced or graph.is_constant(v) for v in ins):
+            continue  # the cheap test first: most nodes of a graph read a non-constant
+        if unfoldable(node) is not None or any(graph.is_graph_output(o) for o in node.output):
             continue
-        if all(v in produced or graph.is_constant(v) for v in ins):
-            region.append(nid)
-            produced.update(o for o in node.output if o)
+        region.append(nid)
+        produced.update(o for o in node.output if o)
     return region
 
 
@@ -221,7 +237,7 @@ def _static_info(graph: Graph, region: list[int], leaves: list[str]) -> dict[str
     outputs = [o for nid in region for o in graph.node(nid).output if o]
     try:
         model = tiny_model(graph, [graph.node(nid) for nid in region], stand_ins, outputs, typed_only=True)
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx_inference.infer_shapes(model)
     except Exception:
         return {}
     info = {}
@@ -231,9 +247,12 @@ def _static_info(graph: Graph, region: list[int], leaves: list[str]) -> dict[str
     return info
 
 
-def evaluate(graph: Graph, region: list[int], skipped: dict[int, str], info: dict) -> dict[str, np.ndarray]:
+def evaluate(graph: Graph, region: list[int], skipped: dict[int, str], info: dict,
+             bound=None) -> dict[str, np.ndarray]:
     """Values of every output of `region`: one onnxruntime session, else node by node with fallbacks.
 
+    `bound(node, feeds)`: given when some result's size was not known beforehand; then the region runs
+    node by node and a node runs only when `bound` finds no reason against it, from its actual inputs.
     Nodes that cannot be evaluated are recorded in `skipped` with the reason.
     """
     produced = {o for nid in region for o in graph.node(nid).output if o}
@@ -244,17 +263,22 @@ def evaluate(graph: Graph, region: list[int], skipped: dict[int, str], info: dic
         return {}
     nodes = [graph.node(nid) for nid in region]
     outputs = [o for n in nodes for o in n.output if o]
-    try:
-        values = dict(zip(outputs, run_ort(tiny_model(graph, nodes, leaves, outputs), outputs)))
-        if _types_ok(values, info):
-            return values
-    except Exception:
-        pass
+    if bound is None:
+        try:
+            values = dict(zip(outputs, run_ort(tiny_model(graph, nodes, leaves, outputs), outputs)))
+            if _types_ok(values, info):
+                return values
+        except Exception:
+            pass
     values = dict(leaves)
     for nid, node in zip(region, nodes):
         if any(v and v not in values for v in node.input):
             continue  # an input failed: a consequence, reported at its cause
         feeds = {v: values[v] for v in node.input if v}
+        refusal = bound(node, feeds) if bound is not None else None
+        if refusal:
+            skipped[nid] = refusal
+            continue
         outs = [o for o in node.output if o]
         errors = []
         for engine in (run_ort, run_reference):
@@ -271,6 +295,38 @@ def evaluate(graph: Graph, region: list[int], skipped: dict[int, str], info: dic
         else:
             skipped[nid] = "cannot be evaluated (" + "; ".join(errors) + ")"
     return {k: v for k, v in values.items() if k in produced}
+
+
+def result_bytes(graph: Graph, node: onnx.NodeProto, feeds: dict[str, np.ndarray]) -> int | None:
+    """Bytes of a node's outputs before it runs: onnx inference on the node alone with its actual inputs
+    (data propagation reads the shape-like ones: ConstantOfShape, Expand, Tile, Range, Pad, Resize,
+    OneHot...), or a bound for ops whose output size depends on the data. None: it cannot be told."""
+    if node.op_type in _DATA_DEPENDENT:
+        arrays = [feeds.get(v) for v in node.input]
+        return None if arrays[0] is None else _DATA_DEPENDENT[node.op_type](arrays[0])
+    outputs = [o for o in node.output if o]
+    try:
+        model = tiny_model(graph, [node], feeds, outputs, typed_only=True)
+        inferred = onnx_inference.infer_shapes(model)
+    except Exception:
+        return None
+    types = {vi.name: vi.type for vi in inferred.graph.output}
+    total = 0
+    for o in outputs:
+        shape = type_shape(types[o]) if o in types else None
+        elem = types[o].tensor_type.elem_type if o in types and types[o].HasField("tensor_type") else 0
+        if shape is None or not elem or not all(isinstance(d, int) for d in shape):
+            return None
+        total += int(np.prod(shape, dtype=np.int64)) * _itemsize(elem)
+    return total
+
+
+# ops whose output size depends on the data, bounded by their first input x
+_DATA_DEPENDENT = {
+    "NonZero": lambda x: max(x.ndim, 1) * x.size * 8,  # int64 [rank, count of nonzeros]
+    "Compress": lambda x: int(x.nbytes),
+    "Unique": lambda x: int(x.nbytes) + 3 * x.size * 8,  # values, and three int64 index outputs
+}
 
 
 def _types_ok(values: dict[str, np.ndarray], info: dict) -> bool:

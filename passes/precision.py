@@ -46,7 +46,7 @@ import onnx
 import onnx.defs
 from onnx import TensorProto, helper, numpy_helper
 
-from fuser.graph import Graph, attribute
+from fuser.graph import Graph, attribute, outer_names
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
@@ -165,20 +165,6 @@ def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
-def _subgraph_refs(g: onnx.GraphProto) -> set[str]:
-    """Names a subgraph reads from outer scopes."""
-    defined = {v.name for v in g.input} | {t.name for t in g.initializer}
-    used: set[str] = set()
-    for n in g.node:
-        used.update(v for v in n.input if v)
-        for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                used |= _subgraph_refs(sub)
-        defined.update(n.output)
-    used.update(v.name for v in g.output)
-    return used - defined
-
-
 # ---------------------------------------------------------------- converter
 class _Converter:
     def __init__(self, graph: Graph, keep: frozenset[str], fp16_io: bool):
@@ -208,7 +194,7 @@ class _Converter:
             for a in node.attribute:
                 if a.type in SUBGRAPH:
                     for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                        pinned.update({v: FLOAT for v in sorted(_subgraph_refs(sub)) if v in self.fp32})
+                        pinned.update({v: FLOAT for v in sorted(outer_names(sub)) if v in self.fp32})
         plans = {nid: plan for nid, node in g.nodes.items()
                  if not self._is_constant_node(node) and (plan := self._plan(node)) is not None}
         self._overflowing_constants(plans)

@@ -30,6 +30,7 @@ import onnx
 import onnx.numpy_helper
 from onnx import TensorProto, helper
 
+from fuser import onnx_inference
 from fuser.errors import UsageError
 from fuser.graph import Graph, attribute
 
@@ -53,7 +54,7 @@ def infer_shapes(graph: Graph, symbolic: bool | None = None) -> dict[str, Shape 
     skeleton = graph.skeleton()
     shapes = ShapeMap()
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+        inferred = onnx_inference.infer_shapes(skeleton)
     except Exception:  # inference is best effort: unknown shapes only make folding more careful
         inferred = skeleton
     _collect(inferred.graph, shapes)

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from fuser.pattern import Pattern, approx, op
+from fuser.pattern import Pattern, float_attr, op
 
 
 def relu6(t: Pattern) -> Pattern:
@@ -22,4 +22,4 @@ def shifted_relu6(x: Pattern) -> Pattern:
 def hard_sigmoid_gate(x: Pattern) -> Pattern:
     r6 = shifted_relu6(x)
     return (op.Div(r6, 6.0) | op.Mul(r6, 1 / 6)
-            | op.HardSigmoid(x, alpha=approx(1 / 6), beta=approx(0.5)))
+            | op.HardSigmoid(x, alpha=float_attr(1 / 6), beta=float_attr(0.5)))

@@ -1,5 +1,8 @@
 """One small test per matcher feature: commutation, alternatives, constants, opset forms, safety, dtypes."""
 
+from fractions import Fraction
+
+import ml_dtypes
 import numpy as np
 import pytest
 from onnx import TensorProto as T, helper, numpy_helper
@@ -72,9 +75,62 @@ def test_same_variable_must_bind_same_value():
     (6, np.int64, 6.0, True), (6.0, np.float32, 6, True), (0.16666667, np.float32, 1 / 6, True),
     (1 / 6, np.float16, 1 / 6, True), ([6.0], np.float32, 6.0, True), ([[6.0]], np.float16, 6.0, True),
     (0.17, np.float32, 1 / 6, False), (5.999, np.float32, 6.0, False), ([6.0, 6.0], np.float32, 6.0, False),
+    (7, np.int32, 6.0, False), (0, np.int64, 1 / 6, False), (True, np.bool_, 1.0, False),
 ])
 def test_constants_match_by_value_at_their_dtype_precision(value, dtype, expected, ok):
     assert const_equals(np.asarray(value, dtype=dtype), expected) is ok
+
+
+FLOAT_DTYPES = [np.float64, np.float32, np.float16, ml_dtypes.bfloat16]
+
+
+def ulp_neighbours(value: np.ndarray) -> list[np.ndarray]:
+    """The next representable values below and above a one-element float array, in its own dtype."""
+    bits = np.dtype(f"u{value.dtype.itemsize}")
+    raw = int(value.reshape(-1).view(bits)[0])
+    if raw == 0:  # +0: the smallest subnormals of either sign
+        sign = 1 << (8 * value.dtype.itemsize - 1)
+        return [np.array([v], bits).view(value.dtype) for v in (1, sign | 1)]
+    return [np.array([raw - 1], bits).view(value.dtype), np.array([raw + 1], bits).view(value.dtype)]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("expected", [0.0, 0.5, 1.0, 2.0, 3.0, 6.0])
+def test_a_value_the_dtype_holds_must_be_exact(expected, dtype):
+    """6 in fp16 is 6: 6.0234375 (6 fp16 ulps off, 0.4%) once became HardSwish's divisor."""
+    exact = np.asarray(expected, dtype=dtype)
+    assert float(exact) == expected and const_equals(exact, expected)
+    for off in ulp_neighbours(exact):
+        assert not const_equals(off, expected), (np.dtype(dtype).name, float(off[0]))
+
+
+INEXACT = [1 / 6, 1 / np.sqrt(2), 0.044715, float(np.sqrt(2 / np.pi))]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("expected", INEXACT, ids=lambda v: f"{v:.6g}")
+def test_a_value_the_dtype_cannot_hold_matches_only_its_roundings(expected, dtype):
+    """Round-to-nearest in the dtype, or (below fp32) through fp32 first as converters do; nothing wider."""
+    nearest = exact_rounding(expected, dtype)
+    accepted = {float(nearest[0])}
+    if np.dtype(dtype).itemsize < 4:
+        accepted.add(float(exact_rounding(float(np.float32(expected)), dtype)[0]))
+    for value in accepted:
+        assert const_equals(np.asarray(value, dtype=dtype), expected)
+    for value in [nearest] + [np.asarray(v, dtype=dtype) for v in accepted]:
+        for off in ulp_neighbours(np.asarray(value, dtype=dtype)):
+            if float(off[0]) not in accepted:
+                assert not const_equals(off, expected), (np.dtype(dtype).name, float(off[0]))
+
+
+def exact_rounding(value: float, dtype) -> np.ndarray:
+    """Round-to-nearest-even of `value` in `dtype`, decided with exact fractions (not the library's cast,
+    which for bfloat16 goes through float32)."""
+    start = np.asarray(value, dtype=dtype).reshape(1)
+    candidates = [start, *ulp_neighbours(start)]
+    best = min(candidates, key=lambda c: (abs(Fraction(float(c[0])) - Fraction(value)),
+                                          int(c.view(f"u{c.dtype.itemsize}")[0]) & 1))
+    return best
 
 
 @pytest.mark.parametrize("source", ["constant-node", "initializer"])
