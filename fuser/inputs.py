@@ -6,7 +6,7 @@ Random inputs, per graph input, by what consumes it first, then by dtype and nam
       sequence lengths, positions in a sequence...)     drawn within the dim it indexes, when that dim is known
     a shape or axes (Reshape, Expand, ConstantOfShape, Tile, Slice axes/steps, Resize scales/sizes, Pad,
       Split, Squeeze/Unsqueeze/Reduce* axes, AffineGrid size...)   values that are valid for the consumer
-    a value an op bounds (a Dropout ratio, an IoU threshold, an integer divisor, a Range step)   within them
+    a value an op bounds (a Dropout ratio, an IoU threshold, a probability, an integer divisor, a Range step)
     float / float16 / double / bfloat16 / float8       standard normal (rounded to the type)
     int, name like *ids* / *token* / *index* / *position*   uniform in [0, vocab_size)   (embedding lookups)
     int or bool, name like *mask*                 1 with some trailing 0s per row, never an all-0 row
@@ -52,7 +52,6 @@ BATCH_DIM, SPATIAL_DIM, OTHER_DIM = 1, 224, 16
 SEQUENCE_LENGTH = 3  # tensors in a generated sequence input
 RETRY_SIZES = (1, 2, 3, 8, 16, 32, 48, 64, 128, 224, 256)  # dynamic dims tried when the first guess fails to run
 ONE_HOT_DEPTH = 10  # a OneHot depth that is a graph input
-INFER_LIMIT = 256 << 20  # bytes of model proto up to which shape inference may run to find dims
 
 _IDS = re.compile(r"ids|(^|[^a-z])id([^a-z]|$)|token|index|indices|position|label", re.IGNORECASE)
 _MASK = re.compile(r"mask", re.IGNORECASE)
@@ -246,25 +245,8 @@ class _GraphFacts:
     def inferred(self) -> dict[str, tuple[int, ...]]:
         """Static dims from onnx shape inference with the inputs pinned to their concrete shapes (lazy)."""
         if self._inferred is None:
-            self._inferred = {}
-            if self.model.ByteSize() <= INFER_LIMIT:
-                m = onnx.ModelProto()
-                m.CopyFrom(self.model)
-                for vi in m.graph.input:
-                    if vi.name in self.shapes and vi.type.HasField("tensor_type"):
-                        shape = vi.type.tensor_type.shape
-                        del shape.dim[:]
-                        for d in self.shapes[vi.name]:
-                            shape.dim.add().dim_value = d
-                try:
-                    m = onnx.shape_inference.infer_shapes(m, data_prop=True)
-                except Exception:  # noqa: BLE001 - inference is a help here, never a requirement
-                    return self._inferred
-                for vi in (*m.graph.value_info, *m.graph.output):
-                    tt = vi.type.tensor_type
-                    if vi.type.HasField("tensor_type") and tt.HasField("shape") and all(
-                            d.HasField("dim_value") for d in tt.shape.dim):
-                        self._inferred[vi.name] = tuple(d.dim_value for d in tt.shape.dim)
+            self._inferred = {name: dims for name, (_, dims) in infer_value_types(self.model, self.shapes).items()
+                              if dims is not None and all(isinstance(d, int) for d in dims)}
         return self._inferred
 
     def dim(self, name: str, axis: int) -> int | None:
@@ -276,6 +258,56 @@ class _GraphFacts:
     def rank(self, name: str) -> int | None:
         dims = self.dims(name)
         return None if dims is None else len(dims)
+
+
+def infer_value_types(model: onnx.ModelProto, pinned: dict[str, tuple[int, ...]] | None = None
+                      ) -> dict[str, tuple[int, tuple | None]]:
+    """(element type, dims) of the graph's values by onnx shape inference; {} when it fails.
+
+    It runs on a light copy (`_light_copy`); the inputs named in `pinned` get those concrete shapes. A dim is
+    an int, or None where inference leaves it unknown.
+    """
+    light = _light_copy(model)
+    for vi in light.graph.input:
+        if vi.name in (pinned or {}) and vi.type.HasField("tensor_type"):
+            shape = vi.type.tensor_type.shape
+            del shape.dim[:]
+            for d in pinned[vi.name]:
+                shape.dim.add().dim_value = d
+    try:
+        light = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is a help, never a requirement
+        return {}
+    out = {}
+    for vi in (*light.graph.input, *light.graph.value_info, *light.graph.output):
+        if vi.type.HasField("tensor_type"):
+            tt = vi.type.tensor_type
+            dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim) \
+                if tt.HasField("shape") else None
+            out[vi.name] = (tt.elem_type, dims)
+    return out
+
+
+def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its weights' bytes: initializers over 4 KiB become typed graph inputs (shape
+    inference needs their shapes, not their values; copying them would cost the model's size in memory)."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = model.graph
+    light.graph.name = g.name
+    light.graph.node.extend(g.node)
+    light.graph.input.extend(g.input)
+    light.graph.output.extend(g.output)
+    light.graph.value_info.extend(g.value_info)
+    declared = {vi.name for vi in g.input}
+    for t in g.initializer:
+        if t.data_location != TensorProto.EXTERNAL and len(t.raw_data) <= 4096:
+            light.graph.initializer.append(t)
+        elif t.name not in declared:
+            light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -461,6 +493,7 @@ RULES: dict[str, dict[int, object]] = {  # op type -> input slot -> rule(node, f
     "Div": {1: _fixed(1, 10)},  # applied to integer inputs only: no division by zero
     "Dropout": {1: _fixed(0.0, 0.5), 2: _fixed(0, exact=np.array(False))},
     "NonMaxSuppression": {3: _fixed(0.0, 1.0)},
+    "Bernoulli": {0: _fixed(0.0, 1.0)},  # probabilities
     "Reshape": {1: _target_shape(broadcast=False)},
     "Expand": {1: _target_shape(broadcast=True)},
     "ConstantOfShape": {0: _fixed(1, 5)},

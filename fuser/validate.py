@@ -41,7 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelError
 from .engines import ENGINES, CannotLoad, first_line, open_session
-from .inputs import INFER_LIMIT, alternative_feed_sets, describe, feed_sets
+from .inputs import alternative_feed_sets, describe, feed_sets, infer_value_types
 from .model_io import LoadedModel
 
 DEFAULT_TOLERANCE = {  # (atol, rtol) by output element type; other types must match exactly
@@ -115,6 +115,7 @@ class Validator:
         self.options = options
         self.provider = getattr(options, "provider", "cpu")
         self.notes: list[str] = []
+        self.guessed: str | None = None  # the shapes used, when the first guess of the dynamic dims did not run
         random_op = unseeded_random_op(loaded.model)
         if random_op:
             raise CannotValidate(f"the model draws random numbers ({random_op} without a seed), so its outputs "
@@ -170,6 +171,7 @@ class Validator:
                     if tried:
                         self.notes.append(f"the original model failed on inputs {_shapes_text(tried[0][0])} "
                                           f"({tried[0][1]}); validation used {_shapes_text(sets)}")
+                        self.guessed = f"{_shapes_text(sets)} (the first guess, {_shapes_text(tried[0][0])}, did not run)"
                     return engine, session.device, sets, source, outputs
             finally:
                 session.close()
@@ -251,17 +253,13 @@ def computed_in(model: onnx.ModelProto) -> dict[str, int | None]:
     reject any reordering of the bf16 arithmetic, exact or not.
     """
     declared = {o.name: elem_type_of(o.type) for o in model.graph.output}
-    if not _computes_low_precision(model):
+    if not _computes_low_precision(model) or not any(t in (TensorProto.FLOAT, TensorProto.DOUBLE)
+                                                     for t in declared.values()):
         return declared
     g = model.graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
     types.update({t.name: t.data_type for t in g.initializer})
-    if model.ByteSize() < INFER_LIMIT:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
-            types.update({v.name: v.type.tensor_type.elem_type for v in inferred})
-        except Exception:  # noqa: BLE001 - without inference only declared types count
-            pass
+    types.update({name: elem for name, (elem, _) in infer_value_types(model).items()})
     producer = {out: n for n in g.node for out in n.output}
     out = {}
     for name, elem in declared.items():
@@ -444,7 +442,7 @@ def compare(reference: list, actual: list, atol: float, rtol: float) -> dict:
         elif na == 0 or nr == 0:
             stats["cosine"] = 0.0
         else:
-            stats["cosine"] = _f(np.dot(a[finite], r[finite]) / (na * nr))
+            stats["cosine"] = _f(np.dot(a[finite] / na, r[finite] / nr))  # normalized first: no overflow
     else:
         stats.update(max_abs=0.0 if r.size == 0 else None, mean_abs=None, median_abs=None, p99_abs=None,
                      max_rel=None, mean_rel=None, median_rel=None, p99_rel=None, cosine=None)
@@ -508,13 +506,15 @@ def _upcast_graph(g: onnx.GraphProto, base_dir: Path | None) -> None:
 
 
 def summarize(status: str, result: Result | None, n_sets: int, rolled_back: list[dict] = (),
-              total_rewrites: int = 0, engine: str = "onnxruntime") -> str:
-    """The validation section's one-line summary (it names the engine when it is not onnxruntime)."""
+              total_rewrites: int = 0, engine: str = "onnxruntime", guessed: str | None = None) -> str:
+    """The validation section's one-line summary; it names the engine when it is not onnxruntime, and the
+    shapes when the first guess of the dynamic dims did not run."""
     if result is None:
         return status
     n = len(result.outputs)
     worst = max((v.get("max_abs") or 0.0 for v in result.outputs.values()), default=0.0)
-    sets = f"{n_sets} input set{'s' if n_sets != 1 else ''}" + (" with onnx.reference" if engine == "reference" else "")
+    sets = (f"{n_sets} input set{'s' if n_sets != 1 else ''}" + (f" of shapes {guessed}" if guessed else "")
+            + (" with onnx.reference" if engine == "reference" else ""))
     if status == "passed":
         return f"passed: {n} output{'s' if n != 1 else ''} within tolerance on {sets} (max abs error {worst:.3g})"
     if status == "rolled-back":

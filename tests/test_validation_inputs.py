@@ -143,6 +143,7 @@ def test_a_model_failing_on_the_first_guess_is_run_on_other_sizes():
     v = assert_validated(reshape_needs_48())
     assert v["shapes"] == [{"x": [1, 3, 48, 48]}]
     assert any("failed on inputs x:1x3x224x224" in n and "x:1x3x48x48" in n for n in v["notes"])
+    assert "of shapes x:1x3x48x48 (the first guess, x:1x3x224x224, did not run)" in v["summary"]
 
 
 def test_audio_with_a_reflect_pad_longer_than_the_default_length():
