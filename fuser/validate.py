@@ -41,7 +41,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelError
 from .engines import ENGINES, CannotLoad, first_line, open_session
-from .inputs import alternative_feed_sets, describe, feed_sets, infer_value_types
+from .input_constraints import infer_value_types
+from .inputs import alternative_feed_sets, describe, feed_sets
 from .model_io import LoadedModel
 
 DEFAULT_TOLERANCE = {  # (atol, rtol) by output element type; other types must match exactly
