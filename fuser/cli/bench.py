@@ -70,6 +70,8 @@ def bench(model: Path, provider: str, ort_opt: tuple, cuda_graph: bool, pipeline
 
     if not model.exists():
         raise UsageError(f"no such file: {model}")
+    if seed < 0:
+        raise UsageError(f"--seed {seed}: the seed of the random inputs must be >= 0")
     shapes = dict(parse_shape(s) for s in input_shapes)
     results = []
     for level in ort_opt or ("off",):
