@@ -1,7 +1,7 @@
 """Reading and writing ONNX files without losing anything.
 
 Why a module of its own: every way a model file can be wrong (missing, empty, truncated, not ONNX,
-external data missing or pointing outside the model's folder, an opset onnxruntime cannot run) must
+external data missing or pointing outside the model's folder, an opset neither onnx nor onnxruntime knows) must
 become one clear `ModelError`, and every write must be atomic so an interrupted run leaves either the
 old file or the new one, never half of one. Weights stored as external data are never read here:
 `load_model` keeps them as references and `save_model` streams their bytes from the source file to the
@@ -21,8 +21,8 @@ from google.protobuf.message import DecodeError
 
 from .errors import ModelError, UsageError
 
-# onnxruntime 1.31 runs default-domain opsets 7..26; onnx 1.23 would stamp 28 if asked for "latest".
-MIN_OPSET = 7
+# The highest default-domain opset fuser upgrades a model to: what onnxruntime 1.31 runs (onnx 1.23 knows 28).
+# Models are not refused by this: any opset onnx or onnxruntime knows is read (see check_opset_supported).
 MAX_OPSET = 26
 PROTOBUF_LIMIT = 2**31 - 1
 COPY_CHUNK = 64 << 20  # bytes streamed at a time when copying external data
@@ -64,11 +64,12 @@ def external_info(tensor: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in tensor.external_data}
 
 
-def default_opset(model: onnx.ModelProto) -> int:
+def default_opset(model: onnx.ModelProto) -> int | None:
+    """The default-domain ("" or "ai.onnx") opset, or None for a model that imports only other domains."""
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
-    return 1 if not model.opset_import else 1
+    return None
 
 
 def load_model(path: str | os.PathLike, check_opset: bool = True) -> LoadedModel:
@@ -95,7 +96,7 @@ def load_model(path: str | os.PathLike, check_opset: bool = True) -> LoadedModel
     loaded = LoadedModel(model=model, path=path, base_dir=path.resolve().parent)
     check_external_data(loaded)
     if check_opset:
-        check_opset_supported(model, str(path))
+        check_opset_supported(model, str(path), path)
     return loaded
 
 
@@ -107,11 +108,32 @@ def from_proto(model: onnx.ModelProto, base_dir: str | os.PathLike | None = None
     return loaded
 
 
-def check_opset_supported(model: onnx.ModelProto, what: str) -> None:
+def check_opset_supported(model: onnx.ModelProto, what: str, path: Path | None = None) -> None:
+    """Refuse a default-domain opset that neither the installed onnx nor onnxruntime knows.
+
+    Whether validation can run is not decided here: an opset-6 model onnxruntime has no kernels for is
+    validated with onnx.reference, or optimized with a note saying why validation could not run.
+    """
     opset = default_opset(model)
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ModelError(f"{what} uses default-domain opset {opset}; onnxruntime runs opsets "
-                         f"{MIN_OPSET}..{MAX_OPSET}, so fuser cannot validate it (convert it first)")
+    known = onnx.defs.onnx_opset_version()
+    if opset is None or 1 <= opset <= known or (opset > known and _onnxruntime_loads(model, path)):
+        return
+    raise ModelError(f"{what} uses default-domain opset {opset}; the installed onnx knows opsets 1..{known} "
+                     "and onnxruntime cannot load it either, so fuser cannot read it (convert it first)")
+
+
+def _onnxruntime_loads(model: onnx.ModelProto, path: Path | None) -> bool:
+    """Whether onnxruntime creates a session for the model (for opsets newer than the installed onnx)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    try:
+        ort.InferenceSession(str(path) if path is not None else model.SerializeToString(), so,
+                             providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - any failure means it does not load
+        return False
+    return True
 
 
 def check_external_data(loaded: LoadedModel) -> None:

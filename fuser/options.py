@@ -58,6 +58,8 @@ class Options:
                 raise ValueError(f"{name} must be >= 0, not {value}")
         if self.fold_budget_bytes < 0:
             raise ValueError(f"fold budget must be >= 0 bytes, not {self.fold_budget_bytes}")
+        if self.seed < 0:
+            raise ValueError(f"--seed {self.seed}: the seed of the random inputs must be >= 0")
         if self.vocab_size < 1:
             raise ValueError(f"vocab size must be >= 1, not {self.vocab_size}")
         if self.precision not in ("fp32", "fp16"):

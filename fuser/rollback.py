@@ -195,8 +195,10 @@ def _section(status: str, validator: Validator, result: Result, options, start: 
              total: int = 0) -> dict:
     section = {
         "status": status,
-        "summary": summarize(status, result, len(validator.feeds), rolled_back, total),
+        "summary": summarize(status, result, len(validator.feeds), rolled_back, total, validator.engine,
+                             validator.guessed),
         "provider": getattr(options, "provider", "cpu"),
+        "engine": validator.engine,
         "device": validator.device,
         "inputs": validator.source,
         "shapes": validator.shapes(),

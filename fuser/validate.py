@@ -1,8 +1,12 @@
-"""Numerics validation: run the original and the optimized model with onnxruntime and compare every output.
+"""Numerics validation: run the original and the optimized model on the same inputs and compare every output.
 
-Both models run with onnxruntime's own graph optimizations OFF (otherwise onnxruntime fuses the original
-itself and the comparison proves nothing), on the CPU provider unless CUDA is asked for and usable, on
-the same input sets (see `fuser.inputs`). Per output the report gets:
+Both models run on the same engine (`fuser.engines`): onnxruntime with its own graph optimizations OFF,
+or, where onnxruntime cannot run the original (bfloat16/float8/int4 inputs, an op or op version it has no
+kernel for, an opset newer than it knows), onnx's reference evaluator; the report names the engine. The
+inputs are the user's or fuser's random ones (`fuser.inputs`); when the original fails on the first guess
+of its dynamic dims, other guesses are tried and the report says which shapes were used. A model that
+draws random numbers without a seed, or that neither engine runs, is not validated, and the report says
+why in one line. Per output the report gets:
 
     max / mean / median / p99 absolute error      |opt - ref|
     max / mean / median / p99 relative error      |opt - ref| / |ref|, over elements where ref != 0
@@ -15,29 +19,31 @@ in an output whose values reach 1500 (ResNet-50 logits) may differ by 1e-3 after
 such as a BatchNorm folded into its Conv — measured: 2 of 53 exact folds failed a plain `isclose`. `atol` and `rtol` default per dtype (`DEFAULT_TOLERANCE`:
 fp32 1e-4, fp16 1e-2; fp16's for float outputs under `--precision fp16`, which computes in fp16);
 `--atol/--rtol` change them for all outputs, `--atol NAME:VALUE` for one.
-Integer and bool outputs must match exactly.
+Integer and bool outputs must match exactly. A sequence output (or an optional, a map) is compared
+tensor by tensor with its element type's tolerance; its structure (length, shapes, presence) must match.
 
-Low precision: a fused fp16 op (LayerNormalization) is usually *more* accurate than the decomposed ops it
-replaced, so it can differ from the original by more than fp16's tolerance while being closer to the
-truth. When a model computes in fp16 and an output fails the direct comparison, both models are judged
-against an fp32 copy of the original: the output passes if the optimized model is no further from the
-fp32 reference than the original is (`max` and `mean` absolute error, within `FP32_SLACK` plus atol).
+Low precision: a fused fp16 or bf16 op (LayerNormalization) is usually *more* accurate than the decomposed
+ops it replaced, so it can differ from the original by more than the output's tolerance while being closer
+to the truth. When a model computes in fp16 or bf16 and an output fails the direct comparison, both models
+are judged against an fp32 copy of the original: the output passes if the optimized model is no further
+from the fp32 reference than the original is (`max` and `mean` absolute error, within `FP32_SLACK` plus atol).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelError
-from .inputs import describe, feed_sets
-from .model_io import LoadedModel, iter_tensors, uses_external_data
+from .engines import ENGINES, CannotLoad, first_line, open_session
+from .input_constraints import infer_value_types
+from .inputs import alternative_feed_sets, describe, feed_sets
+from .model_io import LoadedModel
 
 DEFAULT_TOLERANCE = {  # (atol, rtol) by output element type; other types must match exactly
     TensorProto.FLOAT: 1e-4,
@@ -45,11 +51,9 @@ DEFAULT_TOLERANCE = {  # (atol, rtol) by output element type; other types must m
     TensorProto.BFLOAT16: 2e-2,
     TensorProto.DOUBLE: 1e-7,
 }
+_LOW_NP = (np.dtype(np.float16), np.dtype(helper.tensor_dtype_to_np_dtype(TensorProto.BFLOAT16)))
 FP32_SLACK = 1.1  # the optimized model may be 10% further from the fp32 reference than the original was
 PROVIDERS = ("cpu", "cuda")
-INLINE_LIMIT = 2**31 - 1 - (1 << 20)  # bigger models go to onnxruntime through a temporary file
-_CUDA_UNUSABLE = False  # set once a CUDA session silently fell back to CPU
-_CUDA_PRELOADED = False
 
 
 class ValidationFailed(ModelError):
@@ -96,149 +100,103 @@ def tolerance_for(name: str, elem_type: int | None, options) -> tuple[float, flo
     return float(per.get("atol", atol)), float(per.get("rtol", rtol))
 
 
-def _session_options():
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # or ORT fuses the original itself
-    so.log_severity_level = 3
-    return so
-
-
-def providers_for(provider: str) -> tuple[list, str | None]:
-    """onnxruntime providers for `provider`, and a note when the one asked for is not available."""
-    import onnxruntime as ort
-
-    if provider == "cuda":
-        if _CUDA_UNUSABLE:
-            return ["CPUExecutionProvider"], "CUDA was asked for but could not be used here; validated on CPU"
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            _preload_cuda(ort)
-            # tf32 off: both models must be computed at the precision their types say
-            return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"], None
-        return ["CPUExecutionProvider"], "CUDA was asked for but onnxruntime has no CUDA provider; validated on CPU"
-    return ["CPUExecutionProvider"], None
-
-
-def _preload_cuda(ort) -> None:
-    """Load CUDA/cuDNN from the nvidia-* wheels if that is where they are (onnxruntime >= 1.21), quietly."""
-    global _CUDA_PRELOADED
-    if _CUDA_PRELOADED or not hasattr(ort, "preload_dlls"):
-        return
-    _CUDA_PRELOADED = True
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        try:
-            ort.preload_dlls()
-        except Exception:  # missing libraries: the CUDA session then falls back to CPU, with a note
-            pass
-
-
-class Session:
-    """An onnxruntime session for a model held in memory whose external weights live in `base_dir`."""
-
-    def __init__(self, model: onnx.ModelProto, base_dir: Path | None, provider: str, path: Path | None = None,
-                 loaded: LoadedModel | None = None):
-        import onnxruntime as ort
-
-        self.note: str | None = None
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        providers, self.note = providers_for(provider)
-        so = _session_options()
-        external = any(uses_external_data(t) for t in iter_tensors(model.graph))
-        if path is not None:
-            source = str(path)  # onnxruntime reads (and maps) external data next to the file itself
-        elif model.ByteSize() < INLINE_LIMIT:
-            if external and base_dir is not None:
-                so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
-            source = model.SerializeToString()
-        else:  # too big for one protobuf: write it with its weights to a temporary folder
-            from .model_io import save_model
-
-            self._tmp = tempfile.TemporaryDirectory(prefix="fuser-validate-")
-            target = Path(self._tmp.name) / "model.onnx"
-            save_model(loaded or LoadedModel(model, None, base_dir), model, target, external_data=True)
-            source = str(target)
-        try:
-            self.sess = ort.InferenceSession(source, so, providers=providers)
-        except Exception as exc:
-            if provider == "cuda" and "use_tf32" in str(exc):
-                self.sess = ort.InferenceSession(source, so, providers=["CUDAExecutionProvider",
-                                                                        "CPUExecutionProvider"])
-            else:
-                raise
-        if provider == "cuda" and self.note is None and self.sess.get_providers()[0] != "CUDAExecutionProvider":
-            global _CUDA_UNUSABLE
-            _CUDA_UNUSABLE = True  # onnxruntime already said why on stderr; ask once per process
-            self.note = "CUDA was asked for but could not be used here; validated on CPU"
-        self.output_names = [o.name for o in self.sess.get_outputs()]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        types = {i.name: i.type for i in self.sess.get_inputs()}
-        feeds = {k: (v.astype(np.float16) if types[k] == "tensor(float16)" and v.dtype == np.float32 else v)
-                 for k, v in feeds.items() if k in types}  # --fp16-io: the original's fp32 inputs, rounded
-        return dict(zip(self.output_names, self.sess.run(None, feeds)))
-
-    def close(self) -> None:
-        self.sess = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return type(exc).__name__
+RANDOM_OPS = {"Bernoulli", "Multinomial", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"}
 
 
 class Validator:
-    """Compares optimized models against one original; the original runs once, here, at construction."""
+    """Compares optimized models against one original; the original runs once, here, at construction.
+
+    The original runs on the first engine that can (onnxruntime, then onnx.reference) and, with random
+    inputs, on the first guess of its dynamic dims that it accepts (`fuser.inputs.alternative_feed_sets`);
+    every optimized model then runs on that engine with those inputs.
+    """
 
     def __init__(self, loaded: LoadedModel, options):
         self.loaded = loaded
         self.options = options
         self.provider = getattr(options, "provider", "cpu")
         self.notes: list[str] = []
+        self.guessed: str | None = None  # the shapes used, when the first guess of the dynamic dims did not run
+        random_op = unseeded_random_op(loaded.model)
+        if random_op:
+            raise CannotValidate(f"the model draws random numbers ({random_op} without a seed), so its outputs "
+                                 "differ from run to run and there is nothing to compare")
         try:
-            self.feeds, self.source = feed_sets(loaded.model, options)
-        except ModelError as exc:  # inputs fuser cannot make (sequences, bfloat16): skip, do not fail the run
+            first = feed_sets(loaded.model, options)
+        except ModelError as exc:  # inputs fuser cannot make (maps, unknown types): skip, do not fail the run
             raise CannotValidate(str(exc)) from None
-        path = loaded.path if loaded.path is not None and loaded.has_external_data else None
-        try:
-            session = Session(loaded.model, loaded.base_dir, self.provider, path=path, loaded=loaded)
-            if session.note:
-                self.notes.append(session.note)
-            self.device = session.sess.get_providers()[0]
-            self.reference = [session.run(f) for f in self.feeds]
-        except Exception as exc:
-            shapes = "; ".join(", ".join(f"{k}:{'x'.join(map(str, v)) or 'scalar'}" for k, v in describe(f).items())
-                               for f in self.feeds)
-            raise CannotValidate(f"onnxruntime could not run the original model on inputs {shapes} "
-                                 f"({_first_line(exc)}); give shapes with --input-shape or data with --inputs"
-                                 ) from None
-        finally:
-            if "session" in locals():
-                session.close()
-        self.elem_types = {o.name: o.type.tensor_type.elem_type for o in loaded.model.graph.output}
+        self.engine, self.device, self.feeds, self.source, self.reference = self._run_original(first)
+        self.elem_types = computed_in(loaded.model)
+        for name, t in self.elem_types.items():
+            declared = next(elem_type_of(o.type) for o in loaded.model.graph.output if o.name == name)
+            if t != declared:
+                self.notes.append(f"output '{name}' is computed in {TensorProto.DataType.Name(t).lower()}: compared "
+                                  "with that type's tolerance")
         self._fp32_reference: list[dict[str, np.ndarray]] | None | bool = False  # False: not computed yet
+
+    def _guesses(self, first):
+        yield first
+        seen = {_shapes_text(first[0])}
+        for sets, source in alternative_feed_sets(self.loaded.model, self.options):
+            if _shapes_text(sets) not in seen:
+                seen.add(_shapes_text(sets))
+                yield sets, source
+
+    def _run_original(self, first):
+        failures: list[str] = []
+        loaded_somewhere = False
+        path = self.loaded.path if self.loaded.path is not None and self.loaded.has_external_data else None
+        for engine in ENGINES:
+            if engine == "onnxruntime" and not _onnxruntime_takes(first[0]):
+                failures.append("onnxruntime cannot take the inputs' types (bfloat16, float8, int4) from numpy")
+                continue
+            try:
+                session = open_session(engine, self.loaded.model, self.loaded.base_dir, self.provider, path=path,
+                                       loaded=self.loaded)
+            except CannotLoad as exc:
+                failures.append(f"{engine} cannot load the model ({exc})")
+                continue
+            tried: list[tuple[list, str]] = []
+            loaded_somewhere = True
+            try:
+                for sets, source in self._guesses(first):
+                    try:
+                        outputs = [session.run(f) for f in sets]
+                    except Exception as exc:  # noqa: BLE001 - this guess does not run; try the next
+                        tried.append((sets, first_line(exc)))
+                        continue
+                    if session.note:
+                        self.notes.append(session.note)
+                    if failures:
+                        self.notes.append(f"validated with {engine}: {'; '.join(failures)}")
+                    if tried:
+                        self.notes.append(f"the original model failed on inputs {_shapes_text(tried[0][0])} "
+                                          f"({tried[0][1]}); validation used {_shapes_text(sets)}")
+                        self.guessed = f"{_shapes_text(sets)} (the first guess, {_shapes_text(tried[0][0])}, did not run)"
+                    return engine, session.device, sets, source, outputs
+            finally:
+                session.close()
+            more = f", nor on {len(tried) - 1} other guesses of its dynamic dims" if len(tried) > 1 else ""
+            failures.append(f"{engine} could not run the original model on inputs {_shapes_text(tried[0][0])} "
+                            f"({tried[0][1]}){more}")
+        hint = "; give shapes with --input-shape or data with --inputs" if loaded_somewhere else ""
+        raise CannotValidate("; ".join(failures) + hint)
 
     def shapes(self) -> list[dict[str, list[int]]]:
         return [describe(f) for f in self.feeds]
 
+    def _open(self, model: onnx.ModelProto):
+        return open_session(self.engine, model, self.loaded.base_dir, self.provider, loaded=self.loaded)
+
     def check(self, model: onnx.ModelProto) -> Result:
         try:
-            session = Session(model, self.loaded.base_dir, self.provider, loaded=self.loaded)
-        except Exception as exc:
-            return Result(False, error=f"onnxruntime could not load the optimized model: {_first_line(exc)}")
+            session = self._open(model)
+        except CannotLoad as exc:
+            return Result(False, error=f"{self.engine} could not load the optimized model: {exc}")
         try:
             actual = [session.run(f) for f in self.feeds]
-        except Exception as exc:
-            return Result(False, error=f"onnxruntime could not run the optimized model: {_first_line(exc)}")
+        except Exception as exc:  # noqa: BLE001 - the optimized model fails where the original ran
+            return Result(False, error=f"{self.engine} could not run the optimized model: {first_line(exc)}")
         finally:
             session.close()
         outputs = {}
@@ -249,7 +207,7 @@ class Validator:
                 continue
             outputs[name] = compare([r[name] for r in self.reference], [a[name] for a in actual], atol, rtol)
         failed = [k for k, v in outputs.items() if not v["passed"]]
-        if failed and _computes_fp16(self.loaded.model):
+        if failed and _computes_low_precision(self.loaded.model):
             self._judge_by_fp32(failed, actual, outputs)
         return Result(all(v["passed"] for v in outputs.values()), outputs)
 
@@ -278,22 +236,104 @@ class Validator:
 
     def _run_fp32(self) -> list[dict[str, np.ndarray]] | None:
         try:
-            model = upcast_fp16(self.loaded.model, self.loaded.base_dir)
-            session = Session(model, self.loaded.base_dir, self.provider)
+            session = self._open(upcast_to_fp32(self.loaded.model, self.loaded.base_dir))
             try:
-                return [session.run({k: (v.astype(np.float32) if v.dtype == np.float16 else v)
-                                     for k, v in f.items()}) for f in self.feeds]
+                return [session.run({k: (v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype in _LOW_NP
+                                         else v) for k, v in f.items()}) for f in self.feeds]
             finally:
                 session.close()
-        except Exception as exc:
-            self.notes.append(f"no fp32 reference for the fp16 model ({_first_line(exc)})")
+        except Exception as exc:  # noqa: BLE001 - no fp32 reference: the direct comparison stands
+            self.notes.append(f"no fp32 reference for the low-precision model ({first_line(exc)})")
             return None
 
 
-def _abs_errors(values: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray | None:
+def computed_in(model: onnx.ModelProto) -> dict[str, int | None]:
+    """Each output's element type, or the lowest float precision its value passes through when that is lower.
+
+    An fp32 output cast from a bf16 computation carries bf16's precision: comparing it at fp32's would
+    reject any reordering of the bf16 arithmetic, exact or not.
+    """
+    declared = {o.name: elem_type_of(o.type) for o in model.graph.output}
+    if not _computes_low_precision(model) or not any(t in (TensorProto.FLOAT, TensorProto.DOUBLE)
+                                                     for t in declared.values()):
+        return declared
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    types.update({name: elem for name, (elem, _) in infer_value_types(model).items()})
+    producer = {out: n for n in g.node for out in n.output}
+    out = {}
+    for name, elem in declared.items():
+        if elem not in (TensorProto.FLOAT, TensorProto.DOUBLE):
+            out[name] = elem
+            continue
+        lowest, todo, seen = elem, [name], {name}
+        while todo:
+            value = todo.pop()
+            t = types.get(value)
+            if t in LOW_PRECISION and DEFAULT_TOLERANCE[t] > DEFAULT_TOLERANCE.get(lowest, 0.0):
+                lowest = t
+            node = producer.get(value)
+            for src in (node.input if node is not None else ()):
+                if src and src not in seen:
+                    seen.add(src)
+                    todo.append(src)
+        out[name] = lowest
+    return out
+
+
+def unseeded_random_op(model: onnx.ModelProto) -> str | None:
+    """The first op that draws random numbers without a `seed` (in the graph, subgraphs or functions)."""
+    todo = [model.graph.node, *(f.node for f in model.functions)]
+    while todo:
+        for node in todo.pop():
+            if node.domain in ("", "ai.onnx") and node.op_type in RANDOM_OPS and \
+                    not any(a.name == "seed" for a in node.attribute):
+                return node.op_type
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    todo.append(a.g.node)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    todo.extend(g.node for g in a.graphs)
+    return None
+
+
+def elem_type_of(tp: onnx.TypeProto) -> int | None:
+    """The tensor element type of a value: itself, or inside a sequence / optional."""
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        return tp.tensor_type.elem_type
+    if kind == "sequence_type":
+        return elem_type_of(tp.sequence_type.elem_type)
+    if kind == "optional_type":
+        return elem_type_of(tp.optional_type.elem_type)
+    return None
+
+
+def _onnxruntime_takes(feed_sets: list[dict]) -> bool:
+    def ok(v) -> bool:
+        if v is None:
+            return True
+        if isinstance(v, list):
+            return all(ok(x) for x in v)
+        return np.asarray(v).dtype.kind != "V"
+    return all(ok(v) for f in feed_sets for v in f.values())
+
+
+def _shapes_text(feed_sets: list[dict]) -> str:
+    def one(v) -> str:
+        if v is None:
+            return "absent"
+        if isinstance(v, list):
+            return f"sequence of {len(v)}" + (f" x {one(v[0])}" if v else "")
+        return "x".join(map(str, np.shape(v))) or "scalar"
+    return "; ".join(", ".join(f"{k}:{one(v)}" for k, v in f.items()) or "none" for f in feed_sets)
+
+
+def _abs_errors(values: list, truth: list) -> np.ndarray | None:
     try:
-        a = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in values])
-        t = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in truth])
+        a = np.concatenate([_as_float(x).ravel() for v in values for x in _flatten(v)[1]] or [np.zeros(0)])
+        t = np.concatenate([_as_float(x).ravel() for v in truth for x in _flatten(v)[1]] or [np.zeros(0)])
     except (TypeError, ValueError):
         return None
     if a.shape != t.shape or a.size == 0:
@@ -312,25 +352,70 @@ def _f(x) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def compare(reference: list[np.ndarray], actual: list[np.ndarray], atol: float, rtol: float) -> dict:
-    """Statistics of one output over all input sets (see the module docstring); `passed` is the verdict."""
-    stats: dict = {"dtype": str(np.asarray(reference[0]).dtype), "shape": list(np.shape(reference[0])),
-                   "atol": atol, "rtol": rtol}
-    for r, a in zip(reference, actual):
-        if np.shape(r) != np.shape(a):
-            stats.update(passed=False, error=f"shape {list(np.shape(a))} instead of {list(np.shape(r))}")
+def _flatten(value) -> tuple[tuple, list[np.ndarray]]:
+    """A value's structure (a tensor's shape, a sequence's length, an absent optional) and its tensors."""
+    if value is None:
+        return ("absent",), []
+    if isinstance(value, dict):  # a map (ai.onnx.ml): compared key by key
+        keys = sorted(value, key=str)
+        parts = [_flatten(value[k]) for k in keys]
+        return ("map", tuple(map(str, keys)), tuple(p[0] for p in parts)), [a for p in parts for a in p[1]]
+    if isinstance(value, (list, tuple)):
+        parts = [_flatten(v) for v in value]
+        return ("sequence", tuple(p[0] for p in parts)), [a for p in parts for a in p[1]]
+    array = np.asarray(value)
+    return ("tensor", array.shape), [array]
+
+
+def _describe_structure(structure: tuple) -> str:
+    if structure[0] == "absent":
+        return "no value (an absent optional)"
+    if structure[0] == "tensor":
+        return f"shape {list(structure[1])}"
+    if structure[0] == "sequence":
+        return f"a sequence of {len(structure[1])} ({', '.join(_describe_structure(s) for s in structure[1][:4])}" \
+               f"{', ...' if len(structure[1]) > 4 else ''})"
+    return f"a map with keys {list(structure[1])[:8]}"
+
+
+def _as_float(x: np.ndarray) -> np.ndarray:
+    """float64 for comparison; a complex array as its real and imaginary parts side by side."""
+    if x.dtype.kind == "c":
+        return np.stack([x.real, x.imag], axis=-1).astype(np.float64)
+    return x.astype(np.float64)
+
+
+def _is_integer(dtype: np.dtype) -> bool:
+    return dtype.kind in "biu" or (dtype.kind == "V" and dtype.name.startswith(("int", "uint")))
+
+
+def compare(reference: list, actual: list, atol: float, rtol: float) -> dict:
+    """Statistics of one output over all input sets (see the module docstring); `passed` is the verdict.
+
+    A sequence (or a map, an optional) is compared tensor by tensor; its structure must match exactly.
+    """
+    flat_ref = [_flatten(x) for x in reference]
+    flat_act = [_flatten(x) for x in actual]
+    first = next((arrays[0] for _, arrays in flat_ref if arrays), None)
+    stats: dict = {"dtype": str(first.dtype) if first is not None else "none", "atol": atol, "rtol": rtol}
+    if flat_ref and flat_ref[0][0][0] == "tensor":
+        stats["shape"] = list(flat_ref[0][0][1])
+    for (rs, _), (as_, _) in zip(flat_ref, flat_act):
+        if rs != as_:
+            stats.update(passed=False, error=f"{_describe_structure(as_)} instead of {_describe_structure(rs)}")
             return stats
-    r_raw = [np.asarray(x) for x in reference]
+    r_raw = [x for _, arrays in flat_ref for x in arrays]
+    actual = [x for _, arrays in flat_act for x in arrays]
     if any(x.dtype.kind in "OSU" for x in r_raw):  # strings: equality only
         equal = all(np.array_equal(x, np.asarray(y)) for x, y in zip(r_raw, actual))
         stats.update(elements=int(sum(x.size for x in r_raw)), mismatches=0 if equal else None, passed=equal)
         return stats
-    r = np.concatenate([x.astype(np.float64).ravel() for x in r_raw]) if r_raw else np.zeros(0)
-    a = np.concatenate([np.asarray(x).astype(np.float64).ravel() for x in actual]) if actual else np.zeros(0)
+    r = np.concatenate([_as_float(x).ravel() for x in r_raw]) if r_raw else np.zeros(0)
+    a = np.concatenate([_as_float(np.asarray(x)).ravel() for x in actual]) if actual else np.zeros(0)
     stats["elements"] = int(r.size)
     stats["nan"] = {"reference": int(np.isnan(r).sum()), "optimized": int(np.isnan(a).sum())}
     stats["inf"] = {"reference": int(np.isinf(r).sum()), "optimized": int(np.isinf(a).sum())}
-    exact = r_raw[0].dtype.kind in "biu"
+    exact = bool(r_raw) and all(_is_integer(x.dtype) for x in r_raw)
     finite_ref = np.abs(r[np.isfinite(r)])
     scale = max(1.0, float(finite_ref.max())) if finite_ref.size else 1.0
     stats["scale"] = scale
@@ -358,7 +443,7 @@ def compare(reference: list[np.ndarray], actual: list[np.ndarray], atol: float, 
         elif na == 0 or nr == 0:
             stats["cosine"] = 0.0
         else:
-            stats["cosine"] = _f(np.dot(a[finite], r[finite]) / (na * nr))
+            stats["cosine"] = _f(np.dot(a[finite] / na, r[finite] / nr))  # normalized first: no overflow
     else:
         stats.update(max_abs=0.0 if r.size == 0 else None, mean_abs=None, median_abs=None, p99_abs=None,
                      max_rel=None, mean_rel=None, median_rel=None, p99_rel=None, cosine=None)
@@ -372,18 +457,22 @@ def compare(reference: list[np.ndarray], actual: list[np.ndarray], atol: float, 
     return stats
 
 
-def _computes_fp16(model: onnx.ModelProto) -> bool:
+LOW_PRECISION = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+
+
+def _computes_low_precision(model: onnx.ModelProto) -> bool:
+    """Whether the model computes in fp16 or bf16 somewhere (initializers, inputs/outputs, Casts)."""
     g = model.graph
-    if any(t.data_type == TensorProto.FLOAT16 for t in g.initializer):
+    if any(t.data_type in LOW_PRECISION for t in g.initializer):
         return True
-    if any(v.type.tensor_type.elem_type == TensorProto.FLOAT16 for v in (*g.input, *g.output, *g.value_info)):
+    if any(v.type.tensor_type.elem_type in LOW_PRECISION for v in (*g.input, *g.output, *g.value_info)):
         return True
-    return any(n.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT16 for a in n.attribute)
+    return any(n.op_type == "Cast" and any(a.name == "to" and a.i in LOW_PRECISION for a in n.attribute)
                for n in g.node)
 
 
-def upcast_fp16(model: onnx.ModelProto, base_dir: Path | None = None) -> onnx.ModelProto:
-    """A copy of `model` computing in fp32 wherever it computed in fp16 (the reference for fp16 models)."""
+def upcast_to_fp32(model: onnx.ModelProto, base_dir: Path | None = None) -> onnx.ModelProto:
+    """A copy of `model` computing in fp32 wherever it computed in fp16 or bf16 (their reference)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     _upcast_graph(out.graph, base_dir)
@@ -391,7 +480,7 @@ def upcast_fp16(model: onnx.ModelProto, base_dir: Path | None = None) -> onnx.Mo
 
 
 def _upcast_tensor(t: onnx.TensorProto, base_dir: Path | None) -> None:
-    if t.data_type != TensorProto.FLOAT16:
+    if t.data_type not in LOW_PRECISION:
         return
     array = numpy_helper.to_array(t, str(base_dir) if base_dir else "").astype(np.float32)
     t.CopyFrom(numpy_helper.from_array(array, t.name))
@@ -401,7 +490,7 @@ def _upcast_graph(g: onnx.GraphProto, base_dir: Path | None) -> None:
     for t in g.initializer:
         _upcast_tensor(t, base_dir)
     for v in (*g.input, *g.output):
-        if v.type.tensor_type.elem_type == TensorProto.FLOAT16:
+        if v.type.tensor_type.elem_type in LOW_PRECISION:
             v.type.tensor_type.elem_type = TensorProto.FLOAT
     del g.value_info[:]
     for n in g.node:
@@ -413,18 +502,20 @@ def _upcast_graph(g: onnx.GraphProto, base_dir: Path | None) -> None:
             elif a.type == onnx.AttributeProto.GRAPHS:
                 for sub in a.graphs:
                     _upcast_graph(sub, base_dir)
-            elif a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i == TensorProto.FLOAT16:
+            elif a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i in LOW_PRECISION:
                 a.i = TensorProto.FLOAT
 
 
 def summarize(status: str, result: Result | None, n_sets: int, rolled_back: list[dict] = (),
-              total_rewrites: int = 0) -> str:
-    """The validation section's one-line summary."""
+              total_rewrites: int = 0, engine: str = "onnxruntime", guessed: str | None = None) -> str:
+    """The validation section's one-line summary; it names the engine when it is not onnxruntime, and the
+    shapes when the first guess of the dynamic dims did not run."""
     if result is None:
         return status
     n = len(result.outputs)
     worst = max((v.get("max_abs") or 0.0 for v in result.outputs.values()), default=0.0)
-    sets = f"{n_sets} input set{'s' if n_sets != 1 else ''}"
+    sets = (f"{n_sets} input set{'s' if n_sets != 1 else ''}" + (f" of shapes {guessed}" if guessed else "")
+            + (" with onnx.reference" if engine == "reference" else ""))
     if status == "passed":
         return f"passed: {n} output{'s' if n != 1 else ''} within tolerance on {sets} (max abs error {worst:.3g})"
     if status == "rolled-back":
@@ -458,5 +549,5 @@ def environment() -> dict:
             "threads": os.cpu_count()}
 
 
-__all__ = ["DEFAULT_TOLERANCE", "CannotValidate", "Result", "Session", "ValidationFailed", "Validator",
-           "compare", "tolerance_for", "upcast_fp16"]
+__all__ = ["DEFAULT_TOLERANCE", "CannotValidate", "Result", "ValidationFailed", "Validator", "compare",
+           "elem_type_of", "tolerance_for", "upcast_to_fp32"]
