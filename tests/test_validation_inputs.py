@@ -362,12 +362,3 @@ def test_an_fp32_output_computed_in_bfloat16_is_compared_at_bfloat16s_precision(
     assert v["status"] == "passed" and v["engine"] == "reference", v["summary"]
     assert report.fusion_counts() == {"layernorm": 1}
     assert v["outputs"]["y_out"]["atol"] == 2e-2 and any("computed in bfloat16" in n for n in v["notes"])
-
-
-@pytest.mark.parametrize("command", ["optimize", "bench"])
-def test_a_negative_seed_is_a_usage_error(tmp_path, command):
-    path = save(tmp_path, id_model())
-    args = [command, str(path), "--seed", "-1"] + (["-o", str(tmp_path / "o.onnx")] if command == "optimize" else [])
-    result = CliRunner().invoke(main, args)
-    expect_error(result, 2, "--seed -1", ">= 0")
-    assert not (tmp_path / "o.onnx").exists()
