@@ -147,7 +147,7 @@ class Session:
         self._tmp: tempfile.TemporaryDirectory | None = None
         providers, self.note = providers_for(provider)
         so = _session_options()
-        external = any(uses_external_data(t) for t in iter_tensors(model.graph))
+        external = any(uses_external_data(t) for t in iter_tensors(model))
         if path is not None:
             source = str(path)  # onnxruntime reads (and maps) external data next to the file itself
         elif model.ByteSize() < INLINE_LIMIT:
@@ -157,7 +157,10 @@ class Session:
         else:  # too big for one protobuf: write it with its weights to a temporary folder
             from .model_io import save_model
 
-            self._tmp = tempfile.TemporaryDirectory(prefix="fuser-validate-")
+            from .outputs import interrupts_held
+
+            with interrupts_held():  # an interrupt lands before or after, never inside (leaking the folder)
+                self._tmp = tempfile.TemporaryDirectory(prefix="fuser-validate-")
             target = Path(self._tmp.name) / "model.onnx"
             save_model(loaded or LoadedModel(model, None, base_dir), model, target, external_data=True)
             source = str(target)
