@@ -99,7 +99,9 @@ def test_many_concurrent_writers_leave_one_consistent_pair(tmp_path):
 
 
 def test_concurrent_command_line_runs_leave_one_consistent_pair(tmp_path):
-    """The same through the real command line: several `fuser optimize -o OUT` started at once."""
+    """The same through the real command line: several `fuser optimize -o OUT` started at once. (Process
+    start-up spreads these runs out, so this one checks the command's path end to end; the test above,
+    with writers released together, is the one that caught the race on the old code, every time.)"""
     writers, rounds = 4, 1
     sources = []
     for i in range(writers):

@@ -54,7 +54,10 @@ def files(tmp_path) -> dict[str, Path]:
     (out / "t.cache.meta.json").write_text("{}")
     np.savez(src / "inputs.npz", x=np.zeros((1, 1024), np.float32))
     (out / "base.json").write_text('{"fusion_counts": {}}')
-    return {"model": model, "data": src / "model.onnx.data", "default": src / "model.opt.onnx",
+    os.link(model, out / "hard.onnx")  # the input under another name
+    (out / "link.onnx").symlink_to(model)
+    return {"hard": out / "hard.onnx", "link": out / "link.onnx",
+            "model": model, "data": src / "model.onnx.data", "default": src / "model.opt.onnx",
             "out": previous, "outdata": out / "out.onnx.data", "cache": out / "t.cache",
             "meta": out / "t.cache.meta.json", "npz": src / "inputs.npz", "base": out / "base.json",
             "new": out / "new.json", "plan": out / "e.plan"}
@@ -93,6 +96,8 @@ COLLISIONS = [
     ("optimize {model} -o {out} --report {data}", "the input's external data"),
     ("optimize {model} -o {out} --report {out}", "the optimized model"),
     ("optimize {model} -o {out} --report {outdata}", "the optimized model's data file"),
+    ("optimize {model} -o {hard}", "the input model (a hard link to it)"),
+    ("optimize {model} -o {link}", "the input model (a symlink to it)"),
     ("optimize {model} --report {default}", "the default output"),
     ("optimize {model} -o {out} --inputs {npz} --report {npz}", "the --inputs data"),
     ("optimize {model} -o {out} --build --engine {model}", "the input model"),
