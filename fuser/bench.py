@@ -869,6 +869,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", dest="json_path")
     a = p.parse_args(argv)
     try:
+        from .outputs import OutputPlan, write_atomic
+
+        plan = OutputPlan()
+        plan.read("the model", a.model)
+        plan.write("--json", a.json_path)
+        plan.check()
         shapes = dict(parse_shape(s) for s in a.input_shape)
         res = benchmark(a.model, a.provider, a.ort_opt, a.cuda_graph, a.pipelined, a.batch, a.warmup, a.iters,
                         shapes, pipeline_copies=a.pipeline_copies)
@@ -879,8 +885,11 @@ def main(argv=None) -> int:
     if res.get("pipeline"):
         print(pipeline_summary(res))
     if a.json_path:
-        with open(a.json_path, "w") as f:
-            json.dump(res, f, indent=2)
+        try:
+            write_atomic(a.json_path, json.dumps(res, indent=2).encode())
+        except FuserError as exc:
+            print(f"fuser: error: {exc}", file=sys.stderr)
+            return exc.exit_code
     return 0
 
 

@@ -106,7 +106,7 @@ class Session:
         self._tmp: tempfile.TemporaryDirectory | None = None
         providers, self.note = providers_for(provider)
         so = _session_options()
-        external = any(uses_external_data(t) for t in iter_tensors(model.graph))
+        external = any(uses_external_data(t) for t in iter_tensors(model))
         if path is not None:
             source = str(path)  # onnxruntime reads (and maps) external data next to the file itself
         elif model.ByteSize() < INLINE_LIMIT:
@@ -115,8 +115,10 @@ class Session:
             source = model.SerializeToString()
         else:  # too big for one protobuf: write it with its weights to a temporary folder
             from .model_io import save_model
+            from .outputs import interrupts_held
 
-            self._tmp = tempfile.TemporaryDirectory(prefix="fuser-validate-")
+            with interrupts_held():  # an interrupt lands before or after, never inside (leaking the folder)
+                self._tmp = tempfile.TemporaryDirectory(prefix="fuser-validate-")
             target = Path(self._tmp.name) / "model.onnx"
             save_model(loaded or LoadedModel(model, None, base_dir), model, target, external_data=True)
             source = str(target)
@@ -160,7 +162,7 @@ class ReferenceSession:
     def __init__(self, model: onnx.ModelProto, base_dir: Path | None):
         from onnx.reference import ReferenceEvaluator
 
-        external = [t for t in iter_tensors(model.graph) if uses_external_data(t)]
+        external = [t for t in iter_tensors(model) if uses_external_data(t)]
         size = model.ByteSize() + sum(int(np.prod(t.dims, dtype=np.int64)) * _itemsize(t) for t in external)
         if size > REFERENCE_LIMIT:
             raise CannotLoad(f"the model holds {size / 2**20:.0f} MiB, more than onnx.reference's "
@@ -168,7 +170,7 @@ class ReferenceSession:
         if external:
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
-            for t in iter_tensors(copy.graph):
+            for t in iter_tensors(copy):
                 if uses_external_data(t):
                     t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t, str(base_dir or "")), t.name))
             model = copy

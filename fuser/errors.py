@@ -1,8 +1,9 @@
 """Errors that reach the user as one clear line, never a traceback.
 
 Exit codes (documented in the README): 0 success, 1 a model error (the model cannot be read,
-optimized, validated or built), 2 a usage error (bad option, missing file), 3 an internal error
-(a bug in fuser: please report it with the command line).
+optimized, validated or built) or an output that cannot be written (disk full), 2 a usage error (bad
+option, missing file, an output path that would destroy a file), 3 an internal error (a bug in fuser:
+please report it with the command line).
 """
 
 
@@ -22,3 +23,9 @@ class UsageError(FuserError):
     """The command was asked for something it cannot do: a missing file, a bad option value."""
 
     exit_code = 2
+
+
+class WriteError(FuserError):
+    """An output could not be written (disk full, file too large, an I/O error); the previous file is kept."""
+
+    exit_code = 1

@@ -2,16 +2,25 @@
 
 Why a module of its own: every way a model file can be wrong (missing, empty, truncated, not ONNX,
 external data missing or pointing outside the model's folder, an opset neither onnx nor onnxruntime knows) must
-become one clear `ModelError`, and every write must be atomic so an interrupted run leaves either the
-old file or the new one, never half of one. Weights stored as external data are never read here:
-`load_model` keeps them as references and `save_model` streams their bytes from the source file to the
-destination file chunk by chunk, so a model over 2 GB costs memory for its graph, not its weights.
+become one clear `ModelError`, and every write must be atomic (fuser/outputs.py) so an interrupted or
+failed run leaves either the old files or the new ones, never half of them. Weights stored as external
+data are never read here: `load_model` keeps them as references and `save_model` streams their bytes
+from the source file to the destination file chunk by chunk, so a model over 2 GB costs memory for its
+graph, not its weights.
+
+External data is found as onnxruntime finds it: a location is looked up beside the model path *as
+given*, and must lead (symlinks followed) into that folder or into the folder that really holds the
+model file. That is what a Hugging Face cache snapshot needs (snapshots/<rev>/model.onnx and its
+data are symlinks into blobs/), and nothing more: a symlink to any other file is refused. Each
+tensor, wherever it sits (initializer, sparse initializer, Constant, attribute, subgraph, function
+body), is checked the same way; its location is then rewritten relative to `base_dir` without
+symlinks, so every later reader (onnx, onnxruntime, the copy on save) opens the file that was checked.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +29,7 @@ import onnx.numpy_helper
 from google.protobuf.message import DecodeError
 
 from .errors import ModelError, UsageError
+from .outputs import OutputPlan, data_file, finish, model_companions, swap_in, temporary_file, write_atomic
 
 # The highest default-domain opset fuser upgrades a model to: what onnxruntime 1.31 runs (onnx 1.23 knows 28).
 # Models are not refused by this: any opset onnx or onnxruntime knows is read (see check_opset_supported).
@@ -39,25 +49,51 @@ class LoadedModel:
 
     @property
     def has_external_data(self) -> bool:
-        return any(uses_external_data(t) for t in iter_tensors(self.model.graph))
+        return any(uses_external_data(t) for t in iter_tensors(self.model))
 
 
 def uses_external_data(tensor: onnx.TensorProto) -> bool:
     return tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
-def iter_tensors(graph: onnx.GraphProto):
-    """Initializers and Constant-node tensors of a graph and its subgraphs."""
-    yield from graph.initializer
-    for node in graph.node:
+def iter_tensors(model_or_graph: onnx.ModelProto | onnx.GraphProto):
+    """Every tensor: initializers, sparse initializers (values and indices), tensors held by attributes
+    (TENSOR, TENSORS, SPARSE_TENSOR(S)), in subgraphs too, and for a model in its functions' bodies."""
+    return (tensor for tensor, _ in _tensor_slots(model_or_graph))
+
+
+def _tensor_slots(model_or_graph, dense: bool = True):
+    """(tensor, whether its bytes may be moved to external data on save): initializers and TENSOR
+    attributes of the graphs may; sparse parts and function bodies are copied as they are."""
+    if isinstance(model_or_graph, onnx.ModelProto):
+        yield from _tensor_slots(model_or_graph.graph)
+        for function in model_or_graph.functions:
+            yield from _node_tensors(function.node, dense=False)
+        return
+    graph = model_or_graph
+    for tensor in graph.initializer:
+        yield tensor, dense
+    for sparse in graph.sparse_initializer:
+        yield sparse.values, False
+        yield sparse.indices, False
+    yield from _node_tensors(graph.node, dense)
+
+
+def _node_tensors(nodes, dense: bool):
+    A = onnx.AttributeProto
+    for node in nodes:
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from iter_tensors(g)
+            if attr.type == A.TENSOR:
+                yield attr.t, dense
+            elif attr.type == A.TENSORS:
+                yield from ((t, False) for t in attr.tensors)
+            elif attr.type in (A.SPARSE_TENSOR, A.SPARSE_TENSORS):
+                for sparse in ([attr.sparse_tensor] if attr.type == A.SPARSE_TENSOR else attr.sparse_tensors):
+                    yield sparse.values, False
+                    yield sparse.indices, False
+            elif attr.type in (A.GRAPH, A.GRAPHS):
+                for g in ([attr.g] if attr.type == A.GRAPH else attr.graphs):
+                    yield from _tensor_slots(g, dense)
 
 
 def external_info(tensor: onnx.TensorProto) -> dict[str, str]:
@@ -93,8 +129,8 @@ def load_model(path: str | os.PathLike, check_opset: bool = True) -> LoadedModel
         raise ModelError(f"{path} parses as protobuf but holds no ONNX graph: not an ONNX model")
     if model.ir_version == 0:
         raise ModelError(f"{path} has no ir_version: not an ONNX model")
-    loaded = LoadedModel(model=model, path=path, base_dir=path.resolve().parent)
-    check_external_data(loaded)
+    folder = path.absolute().parent  # as given: onnxruntime looks beside the path it was given
+    loaded = _locate_external_data(model, path, folder, (folder.resolve(), path.resolve().parent))
     if check_opset:
         check_opset_supported(model, str(path), path)
     return loaded
@@ -102,8 +138,8 @@ def load_model(path: str | os.PathLike, check_opset: bool = True) -> LoadedModel
 
 def from_proto(model: onnx.ModelProto, base_dir: str | os.PathLike | None = None) -> LoadedModel:
     """Wrap an in-memory ModelProto (library use); `base_dir` is where its external data lives."""
-    loaded = LoadedModel(model=model, path=None, base_dir=Path(base_dir).resolve() if base_dir else None)
-    check_external_data(loaded)
+    folder = Path(base_dir).absolute() if base_dir else None
+    loaded = _locate_external_data(model, None, folder, (folder.resolve(),) if folder else ())
     check_opset_supported(model, "model")
     return loaded
 
@@ -136,36 +172,65 @@ def _onnxruntime_loads(model: onnx.ModelProto, path: Path | None) -> bool:
     return True
 
 
-def check_external_data(loaded: LoadedModel) -> None:
-    """Refuse external-data references that are missing, too short, or leave the model's folder."""
-    tensors = [t for t in iter_tensors(loaded.model.graph) if uses_external_data(t)]
+def _locate_external_data(model: onnx.ModelProto, path: Path | None, folder: Path | None,
+                          roots: tuple[Path, ...]) -> LoadedModel:
+    """Check every external reference (missing, too short, or leading out of `roots`) and return the
+    model with its locations relative to `base_dir`, symlink-free (a copy when one had to change:
+    `model` itself is never modified)."""
+    tensors = [t for t in iter_tensors(model) if uses_external_data(t)]
     if not tensors:
-        return
-    if loaded.base_dir is None:
+        return LoadedModel(model, path, roots[0] if roots else None)
+    if folder is None:
         raise ModelError("the model references external data but no folder was given to read it from")
-    base = loaded.base_dir.resolve()
+    targets: list[Path] = []
     sizes: dict[Path, int] = {}
     for t in tensors:
         info = external_info(t)
         location = info.get("location", "")
-        target = resolve_location(base, location, t.name)
+        target = _confined_target(folder, roots, location, t.name)
         if target not in sizes:
             if not target.is_file():
                 raise ModelError(f"external data file '{location}' for tensor '{t.name}' is missing "
-                                 f"(looked in {base})")
+                                 f"(looked in {folder})")
             sizes[target] = target.stat().st_size
-        offset = _int_entry(t, info, "offset", 0)
-        length = _int_entry(t, info, "length", sizes[target] - offset)
-        if offset < 0 or length < 0:
-            raise ModelError(f"external data for tensor '{t.name}' has a negative offset or length "
-                             f"(offset {offset}, length {length})")
-        if offset + length > sizes[target]:
-            raise ModelError(f"external data for tensor '{t.name}' runs past the end of '{location}' "
-                             f"(offset {offset} + length {length} > {sizes[target]} bytes): truncated?")
-        needed = _stored_nbytes(t)
-        if needed is not None and length != needed:
-            raise ModelError(f"external data for tensor '{t.name}' is {length} bytes but its type and shape "
-                             f"{list(t.dims)} need {needed} bytes")
+        _check_range(t, info, location, sizes[target])
+        targets.append(target)
+    base = roots[0]
+    if any(not _inside(target, base) for target in targets):  # a Hugging Face snapshot: data in blobs/
+        base = Path(os.path.commonpath([base, *targets]))
+    if any(external_info(t)["location"] != target.relative_to(base).as_posix()
+           for t, target in zip(tensors, targets)):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        for t in iter_tensors(copy):
+            if uses_external_data(t):
+                target = _confined_target(folder, roots, external_info(t)["location"], t.name)
+                for entry in t.external_data:
+                    if entry.key == "location":
+                        entry.value = target.relative_to(base).as_posix()
+        model = copy
+    return LoadedModel(model, path, base)
+
+
+def _check_range(t: onnx.TensorProto, info: dict[str, str], location: str, size: int) -> None:
+    offset = _int_entry(t, info, "offset", 0)
+    length = _int_entry(t, info, "length", size - offset)
+    if offset < 0 or length < 0:
+        raise ModelError(f"external data for tensor '{t.name}' has a negative offset or length "
+                         f"(offset {offset}, length {length})")
+    if offset + length > size:
+        raise ModelError(f"external data for tensor '{t.name}' runs past the end of '{location}' "
+                         f"(offset {offset} + length {length} > {size} bytes): truncated?")
+    needed = _stored_nbytes(t)
+    if needed is not None and length != needed:
+        raise ModelError(f"external data for tensor '{t.name}' is {length} bytes but its type and shape "
+                         f"{list(t.dims)} need {needed} bytes")
+
+
+def external_files(loaded: LoadedModel) -> set[Path]:
+    """The files the model's external data is read from (resolved)."""
+    return {resolve_location(loaded.base_dir, external_info(t).get("location", ""), t.name)
+            for t in iter_tensors(loaded.model) if uses_external_data(t)}
 
 
 def _int_entry(tensor: onnx.TensorProto, info: dict[str, str], key: str, default: int) -> int:
@@ -200,6 +265,11 @@ def _stored_nbytes(tensor: onnx.TensorProto) -> int | None:
 
 def resolve_location(base: Path, location: str, tensor_name: str) -> Path:
     """The file an external-data `location` names, refusing paths that escape `base` (untrusted models)."""
+    return _confined_target(base, (base.resolve(),), location, tensor_name)
+
+
+def _confined_target(folder: Path, roots: tuple[Path, ...], location: str, tensor_name: str) -> Path:
+    """`folder/location` with symlinks followed; refused unless it is inside one of `roots`."""
     if not location:
         raise ModelError(f"tensor '{tensor_name}' is marked external but names no location")
     if "\0" in location:
@@ -207,16 +277,20 @@ def resolve_location(base: Path, location: str, tensor_name: str) -> Path:
     if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location.split("/")[0]:
         raise ModelError(f"tensor '{tensor_name}' points at absolute path '{location}'; "
                          "external data must sit in the model's folder")
-    target = (base / location).resolve()
-    if base != target and base not in target.parents:
+    target = (folder / location).resolve()
+    if not any(_inside(target, root) for root in roots):
         raise ModelError(f"tensor '{tensor_name}' points at '{location}', outside the model's folder; "
                          "refused (an untrusted model must not read other files)")
     return target
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
 def stored_size(loaded: LoadedModel) -> int:
     """Bytes the model would take as one protobuf: its graph plus every external tensor's data."""
-    return loaded.model.ByteSize() + sum(_external_length(loaded, t) for t in iter_tensors(loaded.model.graph)
+    return loaded.model.ByteSize() + sum(_external_length(loaded, t) for t in iter_tensors(loaded.model)
                                          if uses_external_data(t))
 
 
@@ -263,13 +337,7 @@ def save_model(loaded: LoadedModel, model: onnx.ModelProto, path: str | os.PathL
     external tensors referenced by `model` can be read from.
     """
     path = Path(path)
-    if not path.parent.exists():
-        raise UsageError(f"output folder {path.parent} does not exist")
-    if path.is_dir():
-        raise UsageError(f"output {path} is a directory; give a file name, e.g. {path / 'model.onnx'}")
-    if loaded.path is not None and path.resolve() == loaded.path.resolve():
-        raise UsageError(f"refusing to overwrite the input file {path}; choose another output path")
-    referenced = [t for t in iter_tensors(model.graph) if uses_external_data(t)]
+    referenced = [t for t in iter_tensors(model) if uses_external_data(t)]
     external_bytes = sum(_external_length(loaded, t) for t in referenced)
     total = model.ByteSize() + external_bytes
     if external_data is False and total >= PROTOBUF_LIMIT:
@@ -277,24 +345,20 @@ def save_model(loaded: LoadedModel, model: onnx.ModelProto, path: str | os.PathL
                          "cannot exceed protobuf's 2 GB limit: drop --no-external-data")
     if external_data is None:
         external_data = bool(referenced) or total >= PROTOBUF_LIMIT
-    _refuse_overwriting_inputs(loaded, [path, path.parent / (path.name + ".data")] if external_data else [path])
+    check_model_output(loaded, path, external_data)
     if not external_data:
         if referenced:  # small enough to inline: read the weights into a copy, never into `model`
             model = _inlined(loaded, model)
-        return [_atomic_write_bytes(path, model.SerializeToString())]
+        return [write_atomic(path, model.SerializeToString())]
     return _save_with_external_data(loaded, model, path)
 
 
-def _refuse_overwriting_inputs(loaded: LoadedModel, outputs: list[Path]) -> None:
-    """The input is never modified: no output file may be the input or one of its external data files."""
-    sources = {loaded.path.resolve()} if loaded.path is not None else set()
-    if loaded.base_dir is not None:
-        sources |= {resolve_location(loaded.base_dir, external_info(t).get("location", ""), t.name)
-                    for t in iter_tensors(loaded.model.graph) if uses_external_data(t)}
-    for out in outputs:
-        if out.resolve() in sources:
-            raise UsageError(f"refusing to write {out}: it is one of the input's files (the model or its "
-                             "external data); choose another output path")
+def check_model_output(loaded: LoadedModel, path: Path, external_data: bool | None, flag: str = "output") -> None:
+    """Refuse (before any work) a model output that would replace one of the input's files."""
+    plan = OutputPlan()
+    plan.read_model(loaded)
+    plan.write(flag, path, *model_companions(path, external_data))
+    plan.check()
 
 
 def _external_length(loaded: LoadedModel, tensor: onnx.TensorProto) -> int:
@@ -308,77 +372,29 @@ def _external_length(loaded: LoadedModel, tensor: onnx.TensorProto) -> int:
 def _inlined(loaded: LoadedModel, model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for tensor in iter_tensors(out.graph):
+    for tensor in iter_tensors(out):
         if uses_external_data(tensor):
             array = onnx.numpy_helper.to_array(tensor, base_dir=str(loaded.base_dir))
             tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
     return out
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    if path.is_dir():
-        raise UsageError(f"{path} is a directory; give a file name")
-    tmp = _write_temp(path, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return path
-
-
-def _new_file_mode() -> int:
-    """The mode a plain `open(path, "w")` would give (mkstemp's files are 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _write_temp(path: Path, data: bytes) -> str:
-    """`data` in a new temporary file `.NAME.*.tmp` beside `path`, flushed to disk; removed on failure."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, _new_file_mode())
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return tmp
-
-
-def _unlink_quietly(p) -> None:
-    try:
-        os.unlink(p)
-    except OSError:
-        pass
-
-
 def _save_with_external_data(loaded: LoadedModel, model: onnx.ModelProto, path: Path) -> list[Path]:
     """Stream every large tensor into `PATH.data` and write the graph to `PATH`, both atomically.
 
-    The model proto is copied shallowly per tensor: tensors whose bytes are already external are
-    copied file-to-file in chunks; in-memory tensors over the threshold are written from memory.
-    Both files are written to temporary files first. Two files cannot be replaced in one atomic step,
-    so when `PATH` already exists it is removed just before the swap: a previous `PATH` must never be
-    left pointing at a `PATH.data` it was not written with. Then the data file is renamed into place,
-    the graph file last, so a reader never sees a graph that points at data not yet written. An
-    interruption leaves the old output (before the swap), no output (within it: two renames), or the
-    new one; never a graph with the wrong data.
+    Tensors whose bytes are already external (wherever they sit: initializer, sparse, attribute,
+    function body) are copied file-to-file in chunks; in-memory initializers and Constant values over
+    the threshold are written from memory. Both files are written to temporary files, then swapped in
+    together (`outputs.swap_in`): the previous pair stays until both new files are complete, a failed
+    swap restores it, and concurrent runs never leave one run's graph with another run's data.
     """
-    data_name = path.name + ".data"
-    data_path = path.parent / data_name
+    data_path = data_file(path)
     out = onnx.ModelProto()
     out.CopyFrom(model)  # the proto is small here: raw bytes of external tensors are not in it
-    fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp_data, _new_file_mode())
-    tmp_graph = None
-    sources: dict[Path, object] = {}
-    try:
-        with os.fdopen(fd, "wb") as dst:
-            for tensor in iter_tensors(out.graph):
+    with temporary_file(data_path) as (dst, tmp_data):
+        sources: dict[Path, object] = {}
+        try:
+            for tensor, movable in _tensor_slots(out):
                 if uses_external_data(tensor):
                     info = external_info(tensor)
                     src_path = resolve_location(loaded.base_dir, info["location"], tensor.name)
@@ -388,7 +404,7 @@ def _save_with_external_data(loaded: LoadedModel, model: onnx.ModelProto, path: 
                     length = int(info["length"]) if "length" in info else src_path.stat().st_size - offset
                     start = _align(dst)
                     _copy_range(sources[src_path], dst, offset, length)
-                elif len(tensor.raw_data) >= EXTERNAL_THRESHOLD or _large_typed_data(tensor):
+                elif movable and (len(tensor.raw_data) >= EXTERNAL_THRESHOLD or _large_typed_data(tensor)):
                     if not tensor.raw_data:
                         _to_raw(tensor)
                     start = _align(dst)
@@ -398,28 +414,20 @@ def _save_with_external_data(loaded: LoadedModel, model: onnx.ModelProto, path: 
                 else:
                     continue
                 del tensor.external_data[:]
-                for key, value in (("location", data_name), ("offset", str(start)), ("length", str(length))):
+                for key, value in (("location", data_path.name), ("offset", str(start)), ("length", str(length))):
                     entry = tensor.external_data.add()
                     entry.key, entry.value = key, value
                 tensor.data_location = onnx.TensorProto.EXTERNAL
-            dst.flush()
-            os.fsync(dst.fileno())
-        for f in sources.values():
-            f.close()
+        finally:
+            for f in sources.values():
+                f.close()
+        finish(dst)
         if out.ByteSize() >= PROTOBUF_LIMIT:
             raise ModelError("the graph alone (without weights) is over protobuf's 2 GB limit")
-        tmp_graph = _write_temp(path, out.SerializeToString())
-        if path.exists():
-            os.unlink(path)  # the old graph may read PATH.data, about to be replaced
-        os.replace(tmp_data, data_path)
-        os.replace(tmp_graph, path)
-    except BaseException:
-        for f in sources.values():
-            f.close()
-        _unlink_quietly(tmp_data)
-        if tmp_graph is not None:
-            _unlink_quietly(tmp_graph)
-        raise
+        with temporary_file(path) as (graph_file, tmp_graph):
+            graph_file.write(out.SerializeToString())
+            finish(graph_file)
+            swap_in([(tmp_graph, path), (tmp_data, data_path)])
     return [path, data_path]
 
 
@@ -444,6 +452,9 @@ def _align(f, alignment: int = 64) -> int:
     return pos + pad
 
 
+_NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.EBADF}
+
+
 def _copy_range(src, dst, offset: int, length: int) -> None:
     """Copy `length` bytes at `offset` of `src` to the end of `dst`: in the kernel where the OS can
     (copy_file_range: no bytes pass through Python), else in chunks of COPY_CHUNK."""
@@ -459,7 +470,9 @@ def _copy_range(src, dst, offset: int, length: int) -> None:
                 remaining -= n
             dst.seek(out_pos + length)
             return
-        except OSError:  # a file system without it: fall back to reading and writing
+        except OSError as exc:  # a file system without it: fall back to reading and writing
+            if exc.errno not in _NO_COPY_FILE_RANGE:
+                raise
             dst.seek(out_pos)
             dst.truncate()
     src.seek(offset)

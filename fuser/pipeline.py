@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import onnx
 
 from .errors import ModelError, UsageError
 from .graph import Graph
-from .model_io import (PROTOBUF_LIMIT, LoadedModel, from_proto, iter_tensors, load_model, save_model,
-                       stored_size, uses_external_data)
+from .model_io import (PROTOBUF_LIMIT, LoadedModel, check_model_output, from_proto, iter_tensors, load_model,
+                       save_model, stored_size, uses_external_data)
 from .options import Options
 from .pass_manager import Context, PassManager
 from .report import ModelSummary, Report
@@ -41,14 +42,16 @@ def optimize(model: ModelLike, options: Options | None = None, passes=None, *, p
     return optimized, report
 
 
-def optimize_file(src: str | os.PathLike, dst: str | os.PathLike, options: Options | None = None,
+def optimize_file(src: str | os.PathLike | LoadedModel, dst: str | os.PathLike, options: Options | None = None,
                   passes=None, *, progress=None) -> Report:
-    """Optimize the file `src` into `dst` (external data written beside `dst` when needed)."""
+    """Optimize the file `src` (or a model loaded from one) into `dst` (external data written beside `dst`
+    when needed). A `dst` that would replace one of the input's files is refused before any work."""
     options = options or Options()
-    loaded = load_model(src)
+    loaded = src if isinstance(src, LoadedModel) else load_model(src)
+    check_model_output(loaded, Path(dst), options.external_data)
     if options.external_data is False and stored_size(loaded) >= PROTOBUF_LIMIT:  # refuse before any work
-        raise UsageError(f"{src} holds {stored_size(loaded) / 2**30:.2f} GiB with its weights; a single ONNX "
-                         "file cannot exceed protobuf's 2 GB limit: drop --no-external-data")
+        raise UsageError(f"{loaded.path or 'the model'} holds {stored_size(loaded) / 2**30:.2f} GiB with its "
+                         "weights; a single ONNX file cannot exceed protobuf's 2 GB limit: drop --no-external-data")
     optimized, report, _ = _run_validated(loaded, options, passes, progress)
     written = save_model(loaded, optimized, dst, external_data=options.external_data)
     report.output = ModelSummary.of(optimized, written[0])
@@ -109,7 +112,7 @@ def _checker_problem(model: onnx.ModelProto) -> str | None:
     """
     placeholder = onnx.ModelProto()
     placeholder.CopyFrom(model)
-    for t in iter_tensors(placeholder.graph):
+    for t in iter_tensors(placeholder):
         if uses_external_data(t) or len(t.raw_data) > 4096:
             del t.external_data[:]
             t.data_location = onnx.TensorProto.DEFAULT

@@ -99,6 +99,7 @@ def test_cuda_only_options_are_usage_errors():
 
 def test_cli_table_and_json(tmp_path):
     out = tmp_path / "sub" / "bench.json"
+    out.parent.mkdir()  # fuser never creates output folders (tests/test_output_paths.py)
     res = CliRunner().invoke(main, ["bench", str(DEMO), "--provider", "cpu", "--ort-opt", "off,all", "--batch", "1,8",
                                     "--warmup", "1", "--iters", "3", "--json", str(out)])
     assert res.exit_code == 0, res.output

@@ -1,10 +1,16 @@
-"""Models with external data: weights stay on disk unless a rule needs them, outputs carry them along."""
+"""Models with external data: weights stay on disk unless a rule needs them, outputs carry them along, and
+external data is found and confined exactly as onnxruntime does (a Hugging Face cache snapshot works)."""
+
+from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
+import pytest
 from click.testing import CliRunner
 from onnx import TensorProto as T, helper
 
+import fuser
 from fuser.cli import main
 from fuser.model_io import load_model
 from fuser.options import Options
@@ -80,3 +86,134 @@ def test_over_2gb_without_external_data_is_refused_without_reading_it(tmp_path):
     result = CliRunner().invoke(main, ["optimize", str(src / "big.onnx"), "-o", str(out), "--no-external-data"])
     assert result.exit_code == 2 and "2 GB" in result.output
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ where external data may come from
+def _raw_model(location: str, n: int = 1024) -> bytes:
+    """y = x + w with w external at `location` (n float32 ones)."""
+    w = onnx.TensorProto(name="w", data_type=F, dims=[1, n], data_location=T.EXTERNAL)
+    entry = w.external_data.add()
+    entry.key, entry.value = "location", location
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", F, [1, n])],
+                              [helper.make_tensor_value_info("y", F, [1, n])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _ones(path: Path, n: int = 1024) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(np.ones((1, n), np.float32).tobytes())
+
+
+def _hf_snapshot(root: Path, data_target: str = "../../blobs/bbb", location: str = "model.onnx.data") -> Path:
+    """Hugging Face's cache: snapshots/<rev>/model.onnx -> ../../blobs/<hash>, the data file a symlink too."""
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    (root / "snapshots" / "rev").mkdir(parents=True)
+    (root / "blobs" / "aaa").write_bytes(_raw_model(location))
+    _ones(root / "blobs" / "bbb")
+    (root / "snapshots" / "rev" / "model.onnx").symlink_to("../../blobs/aaa")
+    (root / "snapshots" / "rev" / "model.onnx.data").symlink_to(data_target)
+    return root / "snapshots" / "rev" / "model.onnx"
+
+
+def _layout(kind: str, root: Path) -> Path:
+    """A model (returned) and its external data laid out as `kind` says."""
+    if kind == "hugging-face-cache":
+        return _hf_snapshot(root)
+    if kind == "hf-data-symlink-out-of-blobs":  # the data symlink leaves the folder the model really is in
+        _ones(root / "elsewhere" / "secret")
+        return _hf_snapshot(root, "../../elsewhere/secret")
+    if kind == "hf-data-symlink-to-a-blobs-subfolder":
+        _ones(root / "blobs" / "sub" / "ccc")
+        return _hf_snapshot(root, "../../blobs/sub/ccc")
+    if kind == "hf-location-climbing-into-blobs":
+        model = _hf_snapshot(root, location="../../blobs/bbb")
+        (model.parent / "model.onnx.data").unlink()
+        return model
+    if kind == "hf-regular-data-beside-the-model-link":
+        model = _hf_snapshot(root)
+        (model.parent / "model.onnx.data").unlink()
+        _ones(model.parent / "model.onnx.data")  # a regular file beside the link, outside blobs/
+        return model
+    if kind == "hf-data-symlink-above-the-snapshot":
+        _ones(root / "snapshots" / "secret")
+        return _hf_snapshot(root, "../secret")
+    folder = root / "models"
+    folder.mkdir(parents=True)
+    model = folder / "model.onnx"
+    if kind == "plain":
+        model.write_bytes(_raw_model("model.onnx.data"))
+        _ones(folder / "model.onnx.data")
+    elif kind == "data-symlink-inside-the-folder":
+        model.write_bytes(_raw_model("model.onnx.data"))
+        _ones(folder / "sub" / "w")
+        (folder / "model.onnx.data").symlink_to("sub/w")
+    elif kind == "data-symlink-to-a-secret":
+        model.write_bytes(_raw_model("model.onnx.data"))
+        _ones(root / "secret")
+        (folder / "model.onnx.data").symlink_to(root / "secret")
+    elif kind == "location-through-a-symlinked-folder":
+        model.write_bytes(_raw_model("sub/w"))
+        _ones(root / "outside" / "w")
+        (folder / "sub").symlink_to(root / "outside")
+    elif kind == "location-climbing-out":
+        model.write_bytes(_raw_model("../secret"))
+        _ones(root / "secret")
+    elif kind == "model-reached-through-a-symlinked-folder":
+        model.write_bytes(_raw_model("model.onnx.data"))
+        _ones(folder / "model.onnx.data")
+        (root / "link").symlink_to(folder)
+        return root / "link" / "model.onnx"
+    else:
+        raise ValueError(kind)
+    return model
+
+
+def _onnxruntime_reads(model: Path) -> bool:
+    try:
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime refuses it (escapes, missing)
+        return False
+    return bool(np.all(session.run(None, {"x": np.zeros((1, 1024), np.float32)})[0] == 1))
+
+
+READ = ["plain", "hugging-face-cache", "hf-data-symlink-to-a-blobs-subfolder", "hf-location-climbing-into-blobs",
+        "hf-regular-data-beside-the-model-link", "model-reached-through-a-symlinked-folder",
+        "data-symlink-inside-the-folder"]
+REFUSED = ["hf-data-symlink-out-of-blobs", "hf-data-symlink-above-the-snapshot", "data-symlink-to-a-secret",
+           "location-through-a-symlinked-folder", "location-climbing-out"]
+
+
+@pytest.mark.parametrize("kind", READ + REFUSED)
+def test_external_data_is_found_and_confined_like_onnxruntime_does(tmp_path, kind):
+    """fuser reads exactly the layouts onnxruntime 1.31 reads: the location is looked up beside the model path
+    as given and must lead (symlinks followed) into that folder or into the folder that really holds the
+    model file. So a Hugging Face cache snapshot works, and a symlink to a file anywhere else is refused."""
+    model = _layout(kind, tmp_path / "root")
+    expected = _onnxruntime_reads(model)
+    assert expected == (kind in READ), "onnxruntime changed its rule: revisit fuser's"
+    out = tmp_path / "out" / "opt.onnx"
+    out.parent.mkdir()
+    result = CliRunner().invoke(main, ["optimize", str(model), "-o", str(out)])
+    if expected:
+        assert result.exit_code == 0, result.output
+        assert "validation: passed" in result.output, result.output
+        assert _onnxruntime_reads(out)  # the weights were copied beside the output
+    else:
+        assert result.exit_code == 1 and result.output.startswith("fuser: error:"), result.output
+        assert not out.exists()
+
+
+def test_hugging_face_snapshot_weights_are_read_when_a_rule_needs_them(tmp_path):
+    """Folding reads weights through the snapshot's symlink (onnx's own loader refuses symlinks)."""
+    root = tmp_path / "cache"
+    model = _hf_snapshot(root)
+    raw = onnx.load(model, load_external_data=False)
+    raw.graph.node.insert(0, helper.make_node("Neg", ["w"], ["nw"]))  # Neg(w) of a constant: folded
+    raw.graph.node[1].input[1] = "nw"
+    (root / "blobs" / "aaa").write_bytes(raw.SerializeToString())
+    optimized, report = fuser.optimize(model)
+    assert [n.op_type for n in optimized.graph.node] == ["Add"], report.to_dict()["passes"]
+    assert report.validation["status"] == "passed"

@@ -5,15 +5,18 @@ What is guaranteed (docs/guarantees.md):
   `OUT` (atomic on POSIX). Killed at any moment, `OUT` is absent, the previous `OUT` byte for byte, or
   the complete new model.
 - With external data (`OUT` + `OUT.data`), both are written to temporary files first. Two files cannot
-  be swapped in one atomic step, so a previous `OUT` is removed just before the two renames: killed in
-  that window (microseconds), `OUT` is absent, never an old graph reading new data.
+  be swapped in one atomic step, so the previous pair is renamed to hidden backups just before the two
+  renames (fuser/outputs.py, `swap_in`): killed in that window (microseconds), `OUT` is absent, never
+  an old graph reading new data.
 - The input is never modified.
-- SIGINT (Ctrl-C) and SIGTERM remove the temporary files and exit with code 130. SIGKILL cannot be
+- SIGINT (Ctrl-C) and SIGTERM remove the temporary files and exit with code 130, wherever they land:
+  both are held while a temporary file is created and its clean-up guard set up. SIGKILL cannot be
   caught: it may leave a `.OUT.*.tmp` file behind (hidden, never under the final name); delete it.
 
 Timing-based tests kill a real `python -m fuser optimize` on a 256 MB model (the write takes tens of
 milliseconds) at several moments found by polling for the temporary file. Deterministic tests kill a
-run (`os._exit`, no clean-up at all, like SIGKILL) at *every* fsync/rename/unlink it makes.
+run (`os._exit`, no clean-up at all, like SIGKILL) at *every* fsync/rename/unlink it makes, and signal
+a run as *each* temporary file is created.
 """
 
 from __future__ import annotations
@@ -247,3 +250,60 @@ def test_a_crash_at_every_write_step_leaves_old_or_new(tmp_path, external):
     else:
         pytest.fail("the run never completed")
     assert "old" in seen and "new" in seen, seen
+
+
+# ------------------------------------------------ deterministic: a signal as each temporary file is made
+SIGNAL_AT = textwrap.dedent("""
+    import os, signal, sys, tempfile
+    k, sig, made = int(sys.argv[1]), getattr(signal, sys.argv[2]), [0]
+
+    def signalling(real):
+        def create(*args, **kwargs):
+            result = real(*args, **kwargs)
+            made[0] += 1
+            if made[0] == k:
+                os.kill(os.getpid(), sig)  # lands as the creation returns, before the caller holds the name
+            return result
+        return create
+
+    tempfile.mkstemp, tempfile.mkdtemp = signalling(tempfile.mkstemp), signalling(tempfile.mkdtemp)
+    sys.argv = ["fuser", *sys.argv[3:]]
+    from fuser.cli import main
+    main()
+""")
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_as_each_temporary_file_is_made_leaves_none(tmp_path, sig):
+    """A signal that lands while fuser creates a temporary file (any of them: the model's data and graph,
+    the report, the engine, the timing cache and its key) still removes it: creation and the clean-up
+    guard are one step for signals. Deterministic: one run per temporary file, signalled right there."""
+    rng = np.random.default_rng(2)
+    src_dir, out_dir, scratch = tmp_path / "src", tmp_path / "out", tmp_path / "scratch"
+    for d in (src_dir, out_dir, scratch):
+        d.mkdir()
+    src = src_dir / "model.onnx"
+    onnx.save(hsigmoid_model(rng.standard_normal((8, 512)).astype(np.float32)), src, save_as_external_data=True,
+              location="model.onnx.data", size_threshold=0)
+    out = out_dir / "out.onnx"
+    script = tmp_path / "signal_at.py"
+    script.write_text(SIGNAL_AT)
+    args = ["optimize", str(src), "-o", str(out), "--report", str(out_dir / "r.json")]
+    if sig == "SIGTERM":  # the build's files too (SIGINT takes the same path: one handler holds both)
+        args += ["--build", "--opt-level", "0", "--timing-cache", str(out_dir / "t.cache"), "--engine",
+                 str(out_dir / "e.plan")]
+    interrupted = 0
+    for k in range(1, 20):
+        proc = subprocess.run([sys.executable, str(script), str(k), sig, *args], capture_output=True, text=True,
+                              env={**ENV, "TMPDIR": str(scratch)}, timeout=300)
+        left = [p.name for p in out_dir.iterdir() if p.name.startswith(".")] + \
+            [p.name for p in scratch.iterdir() if p.name.startswith("fuser")]  # onnxruntime leaves its .ses
+        assert left == [], f"signal at temporary file {k}: left {left}"
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == 130 and "interrupted" in proc.stderr, (k, proc.returncode, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+        interrupted += 1
+    else:
+        pytest.fail("the run never completed")
+    assert interrupted >= (6 if sig == "SIGTERM" else 3), f"only {interrupted} temporary files were made"

@@ -313,3 +313,112 @@ def test_python_m_inside_a_hostile_folder_is_pythons_caveat(tmp_path):
     subprocess.run([sys.executable, "-m", "fuser", "rules"], capture_output=True, text=True, cwd=folder,
                    env=_python_env())
     assert marker.exists(), "python -m no longer imports from the current folder: update docs/guarantees.md"
+
+
+# ------------------------------------------------------------------ external data in every place a tensor hides
+def _external(array: np.ndarray, location: str, name: str = "") -> onnx.TensorProto:
+    tensor = numpy_helper.from_array(array, name)
+    tensor.ClearField("raw_data")
+    tensor.data_location = T.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(array.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def _sparse(values: onnx.TensorProto, indices: onnx.TensorProto, dims) -> onnx.SparseTensorProto:
+    sparse = onnx.SparseTensorProto(dims=list(dims))
+    sparse.values.CopyFrom(values)
+    sparse.indices.CopyFrom(indices)
+    return sparse
+
+
+def _hiding_model(place: str, location: str) -> onnx.ModelProto:
+    """y = x + c (x: 4 floats), where c's bytes are external data at `location`, held in `place`."""
+    c = np.arange(4, dtype=np.float32)
+    io = ([helper.make_tensor_value_info("x", F, [4])], [helper.make_tensor_value_info("y", F, [4])])
+    opsets, functions, sparse_inits = [helper.make_opsetid("", 13)], [], []
+    add = helper.make_node("Add", ["x", "c"], ["y"])
+    if place == "sparse-initializer-values":
+        sparse_inits = [_sparse(_external(c, location, "c"), numpy_helper.from_array(np.arange(4)), [4])]
+        nodes = [add]
+    elif place == "sparse-initializer-indices":
+        sparse_inits = [_sparse(numpy_helper.from_array(c, "c"), _external(np.arange(4), location), [4])]
+        nodes = [add]
+    elif place == "constant-sparse-value":
+        nodes = [helper.make_node("Constant", [], ["c"], sparse_value=_sparse(
+            _external(c, location), numpy_helper.from_array(np.arange(4)), [4])), add]
+    elif place == "function-body-constant":
+        body = [helper.make_node("Constant", [], ["k"], value=_external(c, location)),
+                helper.make_node("Add", ["a", "k"], ["b"])]
+        functions = [helper.make_function("local", "AddC", ["a"], ["b"], body, [helper.make_opsetid("", 13)])]
+        opsets.append(helper.make_opsetid("local", 1))
+        nodes = [helper.make_node("AddC", ["x"], ["y"], domain="local")]
+    elif place == "tensors-attribute":
+        opsets.append(helper.make_opsetid("custom", 1))
+        nodes = [helper.make_node("Hold", ["x"], ["y"], domain="custom", tables=[_external(c, location)])]
+    elif place == "subgraph-constant":
+        branch = helper.make_graph([helper.make_node("Constant", [], ["k"], value=_external(c, location))], "then",
+                                   [], [helper.make_tensor_value_info("k", F, [4])])
+        other = helper.make_graph([helper.make_node("Constant", [], ["k2"], value=numpy_helper.from_array(c))],
+                                  "else", [], [helper.make_tensor_value_info("k2", F, [4])])
+        nodes = [helper.make_node("Constant", [], ["cond"], value=numpy_helper.from_array(np.array(True))),
+                 helper.make_node("If", ["cond"], ["c"], then_branch=branch, else_branch=other), add]
+    else:
+        raise ValueError(place)
+    graph = helper.make_graph(nodes, "g", *io)
+    graph.sparse_initializer.extend(sparse_inits)
+    model = helper.make_model(graph, opset_imports=opsets, functions=functions)
+    model.ir_version = 8
+    return model
+
+
+PLACES = ["sparse-initializer-values", "sparse-initializer-indices", "constant-sparse-value",
+          "function-body-constant", "tensors-attribute", "subgraph-constant"]
+
+
+@pytest.mark.parametrize("place", PLACES)
+def test_external_data_escaping_from_any_tensor_is_refused(tmp_path, place):
+    """Every tensor is confined like an initializer: wherever it sits, '../secret.bin' is refused."""
+    from click.testing import CliRunner
+
+    from fuser.cli import main
+
+    (tmp_path / "secret.bin").write_bytes(np.full(4, 7, np.int64).tobytes())  # big enough for either dtype
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = folder / "model.onnx"
+    path.write_bytes(_hiding_model(place, "../secret.bin").SerializeToString())
+    result = CliRunner().invoke(main, ["optimize", str(path), "-o", str(folder / "out.onnx")])
+    assert result.exit_code == 1, result.output
+    assert "outside the model's folder" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx"]
+
+
+@pytest.mark.parametrize("place", [p for p in PLACES if p != "tensors-attribute"])
+def test_external_data_in_any_tensor_is_copied_beside_the_output(tmp_path, place):
+    """The output carries every external tensor in its own OUT.data, wherever the tensor sits, so it
+    runs from any folder and never reads the input's files."""
+    import onnxruntime as ort
+    from click.testing import CliRunner
+
+    from fuser.cli import main
+
+    folder, out_dir = tmp_path / "m", tmp_path / "out"
+    folder.mkdir()
+    out_dir.mkdir()
+    path = folder / "model.onnx"
+    data = np.arange(4, dtype=np.int64 if place == "sparse-initializer-indices" else np.float32)
+    (folder / "w.bin").write_bytes(data.tobytes())
+    path.write_bytes(_hiding_model(place, "w.bin").SerializeToString())
+    x = np.ones(4, np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    result = CliRunner().invoke(main, ["optimize", str(path), "-o", str(out_dir / "out.onnx")])
+    assert result.exit_code == 0, result.output
+    shutil.rmtree(folder)  # the output must not need the input's files
+    out = onnx.load(out_dir / "out.onnx", load_external_data=False)
+    from fuser.model_io import external_info, iter_tensors, uses_external_data
+
+    assert {external_info(t)["location"] for t in iter_tensors(out) if uses_external_data(t)} <= {"out.onnx.data"}
+    got = ort.InferenceSession(str(out_dir / "out.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, expected)

@@ -18,13 +18,15 @@ from click.core import ParameterSource
 
 from fuser.audit import Expectations, check, load_report, section
 from fuser.errors import UsageError
-from fuser.model_io import _atomic_write_bytes
+from fuser.model_io import load_model
+from fuser.outputs import OutputPlan, model_companions, write_atomic
 from fuser.report_formats import FORMATS, printable, render
 
 from .build import trt_build_options
 from .options import model_file, options_from, rule_options, validation_options
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
+_OUT = click.Path(path_type=Path)  # outputs are checked by the run's OutputPlan, one rule for every flag
 _EXT = {"json": "json", "md": "md", "junit": "xml", "html": "html"}
 
 
@@ -44,13 +46,13 @@ _EXT = {"json": "json", "md": "md", "junit": "xml", "html": "html"}
               help="An earlier JSON report: fail when any family has fewer fusions than it had.")
 @click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS),
               help="Render the report in this format to -o (or stdout); repeatable with -o as a stem.")
-@click.option("-o", "--output", type=_FILE, default=None, help="Where --format goes.")
-@click.option("--json", "json_path", type=_FILE, default=None, help="Write the JSON report here.")
-@click.option("--markdown", "markdown_path", type=_FILE, default=None,
+@click.option("-o", "--output", type=_OUT, default=None, help="Where --format goes.")
+@click.option("--json", "json_path", type=_OUT, default=None, help="Write the JSON report here.")
+@click.option("--markdown", "markdown_path", type=_OUT, default=None,
               help="Write the Markdown report here (e.g. \"$GITHUB_STEP_SUMMARY\").")
-@click.option("--junit", "junit_path", type=_FILE, default=None, help="Write JUnit XML here.")
-@click.option("--html", "html_path", type=_FILE, default=None, help="Write the HTML report (op histogram chart) here.")
-@click.option("--save-model", type=_FILE, default=None, help="Also write the optimized model here.")
+@click.option("--junit", "junit_path", type=_OUT, default=None, help="Write JUnit XML here.")
+@click.option("--html", "html_path", type=_OUT, default=None, help="Write the HTML report (op histogram chart) here.")
+@click.option("--save-model", type=_OUT, default=None, help="Also write the optimized model here.")
 @click.option("--build", "build_engine_too", is_flag=True,
               help="Also build a TensorRT(-RTX) engine from the optimized model, so --expect-no-warning "
                    "can check the builder's log.")
@@ -62,21 +64,27 @@ def audit(model: Path, expect, no_ops, no_warnings, expect_no_rollback, max_erro
     """Optimize MODEL (or read a JSON report) and check expectations; exit 1 naming each that failed."""
     expectations = Expectations.from_cli(expect, no_ops, max_error, baseline, no_warnings, expect_no_rollback)
     targets = _targets(formats, output, json_path, markdown_path, junit_path, html_path)
+    plan = OutputPlan()  # every file this run writes, checked before any work
+    plan.read("the --baseline report", baseline)
+    for flag, _, path in targets:
+        plan.write(flag, path)
     error = None
     if model.suffix.lower() == ".json":
         _refuse_optimizing_flags()
+        plan.read("the audited report", model)
+        plan.check()
         report = load_report(model, "report")
     else:
-        report, error = _optimize(model, save_model, kw, build_options if build_engine_too else None)
+        report, error = _optimize(model, save_model, kw, build_options if build_engine_too else None, plan)
     checks = check(report, expectations)
     report["audit"] = section(checks)
-    for fmt, path in targets:
+    for _, fmt, path in targets:
         text = render(report, fmt)
         if path is None:
             click.echo(text, nl=False)
         else:
-            _atomic_write_bytes(path, text.encode())
-    to_stderr = any(path is None for _, path in targets)  # stdout carries the rendered report
+            write_atomic(path, text.encode())
+    to_stderr = any(path is None for _, _, path in targets)  # stdout carries the rendered report
     click.echo(printable(_header(report)), err=to_stderr)
     for c in checks:
         click.echo(printable(f"  {'PASS' if c.passed else 'FAIL'} {c.name}: {c.message}"), err=to_stderr)
@@ -105,40 +113,50 @@ def _refuse_optimizing_flags() -> None:
             raise UsageError(f"{param.opts[0]} needs a model, not a report")
 
 
-def _targets(formats, output, json_path, markdown_path, junit_path, html_path) -> list[tuple[str, Path | None]]:
-    targets: list[tuple[str, Path | None]] = []
+def _targets(formats, output, json_path, markdown_path, junit_path, html_path) -> list[tuple[str, str, Path | None]]:
+    """(flag, format, path) for every report asked for; path None: stdout."""
+    targets: list[tuple[str, str, Path | None]] = []
     formats = list(dict.fromkeys(formats))
     if output is not None and not formats:
         raise UsageError("-o/--output names where --format goes; give --format (json, md, junit or html)")
     if len(formats) == 1:
-        targets.append((formats[0], output))
+        targets.append(("-o", formats[0], output))
     elif formats:
         if output is None:
             raise UsageError("several --format values need -o (used as a stem: OUT.json, OUT.md, ...)")
-        targets += [(f, output.with_suffix(f".{_EXT[f]}")) for f in formats]
-    for fmt, path in (("json", json_path), ("md", markdown_path), ("junit", junit_path), ("html", html_path)):
+        if not output.name:
+            raise UsageError(f"-o {output} is a folder; several --format values need a file stem, e.g. -o report")
+        targets += [(f"-o (--format {f})", f, output.with_suffix(f".{_EXT[f]}")) for f in formats]
+    for flag, fmt, path in (("--json", "json", json_path), ("--markdown", "md", markdown_path),
+                            ("--junit", "junit", junit_path), ("--html", "html", html_path)):
         if path is not None:
-            targets.append((fmt, path))
-    for _, path in targets:
-        if path is not None and not path.parent.exists():
-            raise UsageError(f"output folder {path.parent} does not exist")
+            targets.append((flag, fmt, path))
     return targets
 
 
-def _optimize(model: Path, save_model: Path | None, kw: dict, build_options=None) -> tuple[dict, str | None]:
+def _optimize(model: Path, save_model: Path | None, kw: dict, build_options, plan: OutputPlan
+              ) -> tuple[dict, str | None]:
     from fuser.pipeline import optimize, optimize_file
     from fuser.rules import select_rules
+    from fuser.trt import plan_build_outputs
     from fuser.validate import ValidationFailed
 
     options = options_from(kw)
     select_rules(options.rules, options.skip_rules, options.target)  # unknown names fail before loading
     model_file(model)
+    loaded = load_model(model)
+    plan.read_model(loaded)
+    plan.read("the --inputs data", options.inputs_path)
+    plan.write("--save-model", save_model, *model_companions(save_model, options.external_data))
+    if build_options is not None:
+        plan_build_outputs(plan, build_options, "engine", None)  # only the timing cache is written
+    plan.check()
     try:
         if save_model:
-            report = optimize_file(model, save_model, options)
+            report = optimize_file(loaded, save_model, options)
             optimized = save_model
         else:
-            optimized, report = optimize(model, options)
+            optimized, report = optimize(loaded, options)
     except ValidationFailed as exc:  # still audit (and render) the report that says what failed
         if exc.report is None:
             raise

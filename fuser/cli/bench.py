@@ -60,16 +60,21 @@ def _list(cast, choices=None):
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--vocab-size", type=VOCAB_SIZE, default=100, show_default=True,
               help="Random integer ids (inputs named like *ids*) are drawn from [0, VOCAB_SIZE).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write every result (all statistics, placement, settings) here as JSON.")
 def bench(model: Path, provider: str, ort_opt: tuple, cuda_graph: bool, pipelined: bool, pipeline_copies: str,
           batch: tuple,
           input_shapes: tuple, warmup: int, iters: int, seed: int, vocab_size: int, json_path: Path | None):
     """Time MODEL with onnxruntime: median / p90 latency and throughput, device-resident IO binding."""
     from fuser.bench import benchmark, format_table, pipeline_summary
-    from fuser.model_io import _atomic_write_bytes
+    from fuser.model_io import load_model
+    from fuser.outputs import OutputPlan, write_atomic
 
     model_file(model)
+    plan = OutputPlan()  # the JSON is checked before any work: never the model, its data, a device
+    plan.read_model(load_model(model, check_opset=False))
+    plan.write("--json", json_path)
+    plan.check()
     shapes = shape_pins("--input-shape", input_shapes)
     results = []
     for level in ort_opt or ("off",):
@@ -85,5 +90,4 @@ def bench(model: Path, provider: str, ort_opt: tuple, cuda_graph: bool, pipeline
             click.echo(pipeline_summary(r))
     if json_path:
         doc = {"fuser_bench": 1, "results": results}
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(json_path, json.dumps(doc, indent=2).encode())
+        write_atomic(json_path, json.dumps(doc, indent=2).encode())

@@ -12,17 +12,20 @@ from pathlib import Path
 
 import click
 
-from fuser.trt import BuildOptions, BuildResult, build_engine, parse_profile
+from fuser.model_io import load_model
+from fuser.outputs import OutputPlan, write_atomic
+from fuser.trt import BuildOptions, BuildResult, build_engine, parse_profile, plan_build_outputs
 
 from .options import model_file
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
+_OUT = click.Path(path_type=Path)  # outputs are checked by the run's OutputPlan, one rule for every flag
 
 _OPTIONS = (
     click.option("--profile", "profiles", multiple=True, metavar="NAME:MIN,OPT,MAX[;NAME:...]",
                  help="One optimization profile; repeat for more. Shapes like 1x3x224x224; one shape means "
                       "min = opt = max; ';' separates the inputs of one profile."),
-    click.option("--timing-cache", type=_FILE, help="Timing cache: created when missing, reused when it was made "
+    click.option("--timing-cache", type=_OUT, help="Timing cache: created when missing, reused when it was made "
                                                     "by the same backend version for the same GPU/targets."),
     click.option("--opt-level", type=click.IntRange(0, 5), help="Builder optimization level (default 3)."),
     click.option("--refit", is_flag=True, help="Build a refittable engine."),
@@ -64,15 +67,20 @@ def trt_build_options(command):
 
 @click.command()
 @click.argument("model", type=_FILE)
-@click.option("-o", "--output", type=_FILE, help="Engine file to write (default: MODEL with suffix .plan).")
+@click.option("-o", "--output", type=_OUT, help="Engine file to write (default: MODEL with suffix .plan).")
 @trt_build_options
-@click.option("--report", type=_FILE, help="Write the build report (options, layers, log, warnings) as JSON.")
+@click.option("--report", type=_OUT, help="Write the build report (options, layers, log, warnings) as JSON.")
 def build(model: Path, output: Path | None, build_options: BuildOptions, report: Path | None) -> None:
     """Build a TensorRT engine from MODEL (TensorRT when installed, else TensorRT-RTX)."""
     output = output or model_file(model).with_suffix(".plan")
+    plan = OutputPlan()  # every file this run writes, checked before any work
+    plan.read_model(load_model(model, check_opset=False))
+    plan_build_outputs(plan, build_options, "-o", output)
+    plan.write("--report", report)
+    plan.check()
     result = build_engine(model, build_options, output)
     if report:
-        report.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        write_atomic(report, (json.dumps(result.to_dict(), indent=1) + "\n").encode())
     click.echo(summary(result))
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
-from fuser.model_io import _atomic_write_bytes
+from fuser.model_io import load_model
+from fuser.outputs import OutputPlan, model_companions, write_atomic
 from fuser.pipeline import optimize_file
 from fuser.report_formats import printable, render
 from fuser.rules import select_rules
 from fuser.validate import ValidationFailed
 
-from fuser.trt import build_engine
+from fuser.trt import build_engine, plan_build_outputs
 
 from .build import summary as build_summary
 from .build import trt_build_options
@@ -38,30 +39,40 @@ def default_output(src: Path) -> Path:
 @output_options
 @click.option("--build", "build_engine_too", is_flag=True,
               help="Then build a TensorRT(-RTX) engine from the result (optimize -> validate -> build).")
-@click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--engine", type=click.Path(path_type=Path), default=None,
               help="Engine file for --build (default: OUTPUT with suffix .plan).")
 @trt_build_options
-def optimize(model: Path, output: Path | None, report_path: str | None, build_engine_too: bool,
+def optimize(model: Path, output: Path | None, report_path: Path | None, build_engine_too: bool,
              engine: Path | None, build_options, **kw):
     """Fuse and clean MODEL, check it, and write the result atomically (and build an engine with --build)."""
     progress_flag = kw["progress"]
     options = options_from(kw)
     select_rules(options.rules, options.skip_rules, options.target)  # unknown names fail before loading
-    output = output or default_output(model_file(model))
+    loaded = load_model(model_file(model))
+    output = output or default_output(model)
+    engine = (engine or output.parent / (output.stem + ".plan")) if build_engine_too else None
+    plan = OutputPlan()  # every file this run writes, checked before any work
+    plan.read_model(loaded)
+    plan.read("the --inputs data", options.inputs_path)
+    plan.write("-o", output, *model_companions(output, options.external_data))
+    plan.write("--report", report_path)
+    if build_engine_too:
+        plan_build_outputs(plan, build_options, "--engine", engine)
+    plan.check()
     if progress_flag is None:
         options.progress = _node_count_hint(model) > PROGRESS_NODES
     try:
-        report = optimize_file(model, output, options, progress=_echo_progress if options.progress else None)
+        report = optimize_file(loaded, output, options, progress=_echo_progress if options.progress else None)
     except ValidationFailed as exc:  # nothing was written; the report still says why
         if report_path and exc.report is not None:
-            _atomic_write_bytes(Path(report_path), render(exc.report.to_dict(), "json").encode())
+            write_atomic(report_path, render(exc.report.to_dict(), "json").encode())
         raise
     built = None
     if build_engine_too:
-        built = build_engine(output, build_options, engine or output.with_suffix(".plan"))
+        built = build_engine(output, build_options, engine)
         report.build = built.to_dict()
     if report_path:
-        _atomic_write_bytes(Path(report_path), render(report.to_dict(), "json").encode())
+        write_atomic(report_path, render(report.to_dict(), "json").encode())
     click.echo(printable(summary(report, model, output)))
     if built is not None:
         click.echo(printable(build_summary(built)))

@@ -71,7 +71,7 @@ def rule_options(f):
 
 def output_options(f):
     """Where results go."""
-    f = click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+    f = click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
                      help="Write the JSON report here.")(f)
     f = click.option("--external-data/--no-external-data", default=None,
                      help="Store weights in OUT.data beside the output (default: as the input did; "

@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import onnx
 
 from fuser.errors import ModelError, UsageError
+from fuser.outputs import OutputPlan, finish, swap_in, temporary_file, temporary_folder, write_atomic
 from fuser.trt.backend import Backend, load_backend, visible_gpu
 from fuser.trt.logs import BuildLog, capture
 from fuser.trt.profiles import Profile, check_profiles, model_inputs, to_json
@@ -102,10 +101,12 @@ def build_engine(model: str | Path | onnx.ModelProto, options: BuildOptions | No
                  output: str | Path | None = None) -> BuildResult:
     """Parse `model` with the ONNX parser, build it with `options`, write the engine to `output` if given."""
     options = options or BuildOptions()
+    plan = OutputPlan()
+    if not isinstance(model, onnx.ModelProto):
+        plan.read("the input model", model)
+    plan_build_outputs(plan, options, "output", output)
+    plan.check()
     backend = load_backend(options.backend)
-    for target in filter(None, (output, options.timing_cache)):
-        if not Path(target).parent.is_dir():
-            raise UsageError(f"{target}: folder {Path(target).parent} does not exist")
     with _onnx_file(model) as (path, proto), capture(backend.trt) as (logger, log):
         check_profiles(list(options.profiles), model_inputs(proto))
         log.phase = "configure"
@@ -134,9 +135,23 @@ def build_engine(model: str | Path | onnx.ModelProto, options: BuildOptions | No
         log.phase = "inspect"
         engine_layers, source = _engine_layers(backend, logger, engine, log)
     if output is not None:
-        _write_atomic(Path(output), engine)
+        write_atomic(output, engine)
     return BuildResult(backend.name, backend.version, engine, Path(output) if output else None, seconds,
                        network_layers, engine_layers, source, cache.to_dict() if cache else None, options, log)
+
+
+def plan_build_outputs(plan: OutputPlan, options: BuildOptions, flag: str, engine: Path | None) -> None:
+    """Add what a build writes to a command's plan: the engine, and the timing cache with its key file."""
+    plan.write(flag, engine)
+    if options.timing_cache:
+        key = timing_cache_key_file(options.timing_cache)
+        plan.write("--timing-cache", options.timing_cache, ("its key file", key))
+
+
+def timing_cache_key_file(cache: str | Path) -> Path:
+    """Where the key of a timing cache is kept: FILE.meta.json beside FILE."""
+    cache = Path(cache)
+    return cache.with_name(cache.name + ".meta.json")
 
 
 @contextlib.contextmanager
@@ -147,8 +162,8 @@ def _onnx_file(model):
     folder first (with its tensors as external data when it is too big for one protobuf).
     """
     if isinstance(model, onnx.ModelProto):
-        with tempfile.TemporaryDirectory(prefix="fuser-trt-") as folder:
-            path = Path(folder) / "model.onnx"
+        with temporary_folder("fuser-trt-") as folder:
+            path = folder / "model.onnx"
             if model.ByteSize() > PROTOBUF_LIMIT:
                 copy = onnx.ModelProto()
                 copy.CopyFrom(model)  # saving as external data rewrites the tensors it saves
@@ -261,7 +276,7 @@ class _TimingCache:
 
     def __init__(self, path: Path, backend: Backend, options: BuildOptions):
         self.path, self.backend = path, backend
-        self.meta_path = path.with_name(path.name + ".meta.json")
+        self.meta_path = timing_cache_key_file(path)
         self.key = {"backend": backend.name, "version": backend.version, "gpu": visible_gpu(),
                     "targets": backend.targets(tuple(options.compute_capabilities))}
         self.status = "created"  # then "loaded" (given to the builder) or "replaced" (key mismatch)
@@ -301,8 +316,12 @@ class _TimingCache:
     def save(self, config) -> None:
         with self.backend.quiet():
             data = bytes(config.get_timing_cache().serialize())
-        _write_atomic(self.path, data)
-        _write_atomic(self.meta_path, json.dumps(self.key, indent=1).encode())
+        with temporary_file(self.path) as (cache, tmp_cache), temporary_file(self.meta_path) as (key, tmp_key):
+            cache.write(data)
+            key.write(json.dumps(self.key, indent=1).encode())
+            finish(cache)
+            finish(key)
+            swap_in([(tmp_key, self.meta_path), (tmp_cache, self.path)])  # a cache is never left under another key
         self.bytes_written = len(data)
 
     def to_dict(self) -> dict:
@@ -327,19 +346,3 @@ def _engine_layers(backend: Backend, logger, engine: bytes, log: BuildLog) -> tu
             matches = map(ENGINE_LAYER.fullmatch, line.text.splitlines()[1:])
             return [match.groupdict() for match in matches if match], "builder-log"
     return [], "builder-log"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder, so readers never see half a file."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
