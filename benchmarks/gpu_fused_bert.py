@@ -145,7 +145,7 @@ def dump(args) -> None:
 
     bench = gpu_bench.import_bench()
     if args.provider == "cuda":
-        bench._check_cuda_available(ort)
+        bench.check_cuda_available(ort)
     ort.set_default_logger_severity(3)
     name, batch = args.model, args.batch
     base, disabled = split_name(name)

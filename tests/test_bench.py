@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from fuser.bench import benchmark, format_table
+from fuser.bench import bench_shapes, benchmark, format_table, input_specs_of, make_feeds, pipeline_summary, row
+from fuser.bench.pipeline import run_pipeline
+from fuser.bench.session import SessionConfig, make_session
 from fuser.cli import main
 from fuser.errors import FuserError, UsageError
 
@@ -68,7 +74,6 @@ def test_input_shape_and_batch_with_ids_and_mask(tmp_path):
 
 
 def test_generated_inputs_follow_validation_rules():
-    from fuser.bench import make_feeds
     from fuser.inputs import InputSpec
 
     specs = [InputSpec("input_ids", TensorProto.INT64, ("b", "s")), InputSpec("attention_mask", TensorProto.INT64,
@@ -176,21 +181,22 @@ class _FakeCuda:
         pass
 
 
+def _input_sets_and_references(batch: int, count: int):
+    """`count` generated input sets for the demo model and a plain CPU session's outputs for each."""
+    sess = make_session(ort, str(DEMO), SessionConfig("cpu", "off", False, {}))
+    specs = input_specs_of(sess)
+    sets = [make_feeds(specs, bench_shapes(specs, None, batch), seed, 100) for seed in range(count)]
+    refs = [dict(zip([o.name for o in sess.get_outputs()], sess.run(None, f))) for f in sets]
+    return sets, refs
+
+
 def test_pipeline_bookkeeping_on_the_host():
     """The two-lane loop's buffers, lanes and result slots line up: every input set gets its own outputs back."""
-    import onnxruntime as ort
-
-    from fuser import bench as b
-
-    sess = b._make_session(ort, str(DEMO), b._SessionConfig("cpu", "off", False, {}))
-    specs = b.input_specs_of(sess)
-    shapes = b.bench_shapes(specs, None, 2)
-    sets = [b.make_feeds(specs, shapes, seed, 100) for seed in range(3)]
-    refs = [dict(zip([o.name for o in sess.get_outputs()], sess.run(None, f))) for f in sets]
+    sets, refs = _input_sets_and_references(batch=2, count=3)
     assert not np.allclose(refs[0]["y"], refs[1]["y"])
     rt = _FakeCuda()
-    res = b._pipeline(ort, rt, str(DEMO), b._SessionConfig("cpu", "off", False, {}), sets, warmup=2, iters=7, batch=2,
-                      references=refs)
+    res = run_pipeline(ort, rt, str(DEMO), SessionConfig("cpu", "off", False, {}), sets, warmup=2, iters=7, batch=2,
+                       references=refs)
     assert res["copies"] == "cudart"
     for key, lanes, threads in (("one_lane", 1, 1), ("two_lanes", 2, 1), ("two_lanes_two_threads", 2, 2)):
         x = res[key]
@@ -199,7 +205,7 @@ def test_pipeline_bookkeeping_on_the_host():
         assert x["in_flight_median_ms"] == 0.5 and x["throughput_per_s"] > 0
     # one input and one output copy per batch: warm-up max(2, 2 * lanes) + 7 timed, three loops
     assert rt.copies == 2 * ((2 + 7) + (4 + 7) + (4 + 7))
-    text = b.pipeline_summary({"model": "demo.onnx", "batch": 2, "cuda_graph": False, "pipeline": res})
+    text = pipeline_summary({"model": "demo.onnx", "batch": 2, "cuda_graph": False, "pipeline": res})
     assert "2 lanes/2 threads" in text
 
 
@@ -212,16 +218,9 @@ class _StaleDownloads(_FakeCuda):
 
 
 def test_pipeline_check_catches_wrong_outputs():
-    import onnxruntime as ort
-
-    from fuser import bench as b
-
-    sess = b._make_session(ort, str(DEMO), b._SessionConfig("cpu", "off", False, {}))
-    specs = b.input_specs_of(sess)
-    sets = [b.make_feeds(specs, b.bench_shapes(specs, None, 1), seed, 100) for seed in range(2)]
-    refs = [dict(zip([o.name for o in sess.get_outputs()], sess.run(None, f))) for f in sets]
-    res = b._pipeline(ort, _StaleDownloads(), str(DEMO), b._SessionConfig("cpu", "off", False, {}), sets, warmup=1,
-                      iters=4, batch=1, references=refs)
+    sets, refs = _input_sets_and_references(batch=1, count=2)
+    res = run_pipeline(ort, _StaleDownloads(), str(DEMO), SessionConfig("cpu", "off", False, {}), sets, warmup=1,
+                       iters=4, batch=1, references=refs)
     assert res["two_lanes"]["outputs_max_rel_diff"] > 0.1
 
 
@@ -234,18 +233,32 @@ class _FailsOffMainThread(_FakeCuda):
 
 
 def test_pipeline_loop_failure_is_recorded_not_fatal():
-    import onnxruntime as ort
-
-    from fuser import bench as b
-
-    sess = b._make_session(ort, str(DEMO), b._SessionConfig("cpu", "off", False, {}))
-    specs = b.input_specs_of(sess)
-    sets = [b.make_feeds(specs, b.bench_shapes(specs, None, 1), seed, 100) for seed in range(2)]
-    refs = [dict(zip([o.name for o in sess.get_outputs()], sess.run(None, f))) for f in sets]
-    res = b._pipeline(ort, _FailsOffMainThread(), str(DEMO), b._SessionConfig("cpu", "off", False, {}), sets,
-                      warmup=1, iters=4, batch=1, references=refs)
+    sets, refs = _input_sets_and_references(batch=1, count=2)
+    res = run_pipeline(ort, _FailsOffMainThread(), str(DEMO), SessionConfig("cpu", "off", False, {}), sets,
+                       warmup=1, iters=4, batch=1, references=refs)
     assert "copy refused" in res["two_lanes_two_threads"]["error"]
     assert res["two_lanes"]["outputs_max_rel_diff"] < 1e-6
-    row = b.row({"model": "demo.onnx", "provider": "cuda", "batch": 1, "pipelined": True, "pipeline": res})
-    assert row["pipelined"] in ("1L1T", "2L1T")
-    assert "failed" in b.pipeline_summary({"model": "demo.onnx", "batch": 1, "cuda_graph": False, "pipeline": res})
+    r = row({"model": "demo.onnx", "provider": "cuda", "batch": 1, "pipelined": True, "pipeline": res})
+    assert r["pipelined"] in ("1L1T", "2L1T")
+    assert "failed" in pipeline_summary({"model": "demo.onnx", "batch": 1, "cuda_graph": False, "pipeline": res})
+
+
+def test_runs_without_the_pipeline_dependencies():
+    """benchmarks/gpu_bench.py loads fuser.bench without fuser/__init__ on the GPU machine: the runner must not
+    import the pipeline (networkx, click, jsonschema are blocked here; importing them would fail)."""
+    root = DEMO.parent.parent
+    code = textwrap.dedent(f"""
+        import sys
+        for blocked in ("networkx", "click", "jsonschema"):
+            sys.modules[blocked] = None
+        sys.path.insert(0, {str(root / "benchmarks")!r})
+        import gpu_bench
+        bench = gpu_bench.import_bench()
+        r = bench.benchmark({str(DEMO)!r}, provider="cpu", warmup=0, iters=2)
+        print(bench.format_table([r]).splitlines()[-1])
+        loaded = sorted(m for m in sys.modules if m.startswith("fuser."))
+        assert not any(m.split(".")[1] in ("pipeline", "graph", "cli", "passes", "rules") for m in loaded), loaded
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("demo.onnx  cpu")
