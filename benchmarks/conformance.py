@@ -255,6 +255,7 @@ def evaluate(case: dict, modes: tuple[str, ...]) -> dict:
 
 
 def optimize_once(case, model, feeds, expected, inputs_path, rtol, fuser, Options, ModelError, UsageError) -> dict:
+    from fuser.report import to_json
     from fuser.validate import unseeded_random_op
 
     start = time.perf_counter()
@@ -268,9 +269,9 @@ def optimize_once(case, model, feeds, expected, inputs_path, rtol, fuser, Option
     except Exception as exc:  # noqa: BLE001 - exit 3 in the CLI
         return {"outcome": "crash", "error": f"{type(exc).__name__}: {first_line(exc)}"}
     out["time_s"] = round(time.perf_counter() - start, 3)
-    v = report.validation or {}
+    v = to_json(report.validation) or {}  # the section as the JSON report has it
     out.update(outcome="optimized", nodes=[len(model.graph.node), len(optimized.graph.node)],
-               fusions=report.fusion_counts(), validation=v.get("status"),
+               fusions=report.fusion_counts, validation=v.get("status"),
                engine=v.get("engine", "onnxruntime") if v.get("status") in ("passed", "rolled-back") else None,
                shapes=v.get("shapes"))
     if v.get("status") == "skipped":

@@ -116,7 +116,7 @@ def prepare(args) -> None:
         "bert.fused": {**gpu_bench.skeleton(fused, STAGE / VARIANTS["bert.fused"]), "command": " ".join(cmd[1:])},
         "bert.fusiononly": {**gpu_bench.skeleton(fonly, STAGE / VARIANTS["bert.fusiononly"]),
                             "how": "fuser.optimize(path, passes=[FusionPass(select_rules()), DeadCodeElimination()])",
-                            "validation": (report.validation or {}).get("summary")},
+                            "validation": report.validation.summary if report.validation else None},
     }
     for info in manifest.values():
         m = onnx.load(str(STAGE / info["dst"]))

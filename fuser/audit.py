@@ -1,4 +1,4 @@
-"""Expectations a CI job gates on, checked against a report dict (`Report.to_dict()` or a saved JSON report).
+"""Expectations a CI job gates on, checked against a typed report (a run's, or a saved JSON report read back).
 
     layernorm>=35            applied rewrites of a family (or a rule) compared with a number: >= <= == != > <
     no-op Pow                the output has no Pow node (`--expect-no-op`)
@@ -9,8 +9,8 @@
     no-rollback              validation rolled nothing back (`--expect-no-rollback`)
 
 `check(report, expectations)` returns one `Check` per expectation; the CLI prints the failed ones by
-name and exits 1. Results are also stored in the report as its `audit` section, so the Markdown and
-JUnit renderings show them.
+name and exits 1. Results are also stored in the report as its `audit` section (`AuditSection`), so
+the Markdown and JUnit renderings show them.
 
 A gate must be able to fail: an expectation naming something that does not exist (a family, an op, a
 warning id) is a usage error, and one the report holds no data for (no validation statistics, no build
@@ -25,9 +25,11 @@ import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from .errors import UsageError
-from .report_formats import schema_problem
+from .report import FieldError, Report, read_report
+from .validate import ValidationSection
 
 OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "=": operator.eq, "!=": operator.ne,
              ">": operator.gt, "<": operator.lt}
@@ -59,7 +61,7 @@ class Expectations:
     counts: list[CountExpectation] = field(default_factory=list)
     no_ops: list[str] = field(default_factory=list)
     max_error: float | None = None
-    baseline: dict | None = None
+    baseline: Report | None = None
     baseline_path: str | None = None
     no_warnings: list[str] = field(default_factory=list)
     no_rollback: bool = False
@@ -81,16 +83,37 @@ class Expectations:
 
 @dataclass
 class Check:
+    """One expectation's verdict (field metadata: fuser/report/codec.py)."""
+
     name: str  # what was expected, as the user wrote it ("layernorm>=35", "no-op Pow")
     kind: str  # count | no-op | max-error | baseline | no-warning | validation | no-rollback
     passed: bool
     message: str
 
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
+
+@dataclass
+class AuditSection:
+    """The report's `audit`: every expectation checked, and whether all passed."""
+
+    key: ClassVar[str] = "audit"
+
+    passed: bool
+    checks: list[Check]
+
+    @staticmethod
+    def of(checks: list[Check]) -> AuditSection:
+        return AuditSection(all(c.passed for c in checks), checks)
 
 
-def load_report(path, what: str = "report") -> dict:
+def report_sections() -> tuple[type, ...]:
+    """Every section type a report may hold beyond its core: the passes' and the audit's."""
+    from fuser.passes import REPORT_SECTIONS
+
+    return (*REPORT_SECTIONS, AuditSection)
+
+
+def load_report(path, what: str = "report") -> Report:
+    """A saved JSON report read into the typed Report; a usage error naming the field when it does not fit."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{what}: no such file: {path}")
@@ -100,10 +123,12 @@ def load_report(path, what: str = "report") -> dict:
         raise UsageError(f"{what} {path} is not a JSON report ({exc})") from None
     if not isinstance(data, dict) or "fusion_counts" not in data:
         raise UsageError(f"{what} {path} is not a fuser report (it has no fusion_counts)")
-    problem = schema_problem(data)
-    if problem:
-        raise UsageError(f"{what} {path} is not a fuser report: {problem}")
-    return data
+    try:
+        return read_report(data, report_sections())
+    except FieldError as exc:
+        raise UsageError(f"{what} {path} is not a fuser report: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{what} {path} is not a fuser report: it is nested too deeply") from None
 
 
 def warning_ids() -> list[str]:
@@ -113,7 +138,7 @@ def warning_ids() -> list[str]:
     return [w.id for w in KNOWN_WARNINGS]
 
 
-def known_ops(report: dict) -> set[str]:
+def known_ops(report: Report) -> set[str]:
     """Op names `--expect-no-op` takes: every ONNX and onnxruntime op (other domains as domain.Op, as in the
     report's histograms) and any op the report's models have."""
     import onnx.defs
@@ -121,8 +146,8 @@ def known_ops(report: dict) -> set[str]:
 
     schemas = (*onnx.defs.get_all_schemas_with_history(), *ort.get_all_operator_schema())
     names = {s.name if s.domain in ("", "ai.onnx") else f"{s.domain}.{s.name}" for s in schemas}
-    for model in ("input", "output"):
-        names |= set((report.get(model) or {}).get("ops", {}))
+    for model in (report.input, report.output):
+        names |= set(model.ops) if model else set()
     return names
 
 
@@ -135,33 +160,32 @@ def _unknown_op(op: str, known: set[str]) -> UsageError:
     return UsageError(f"--expect-no-op '{op}': no ONNX or onnxruntime op is named so, and the model has none{hint}")
 
 
-def known_names(report: dict) -> set[str]:
+def known_names(report: Report) -> set[str]:
     """Rule and family names an expectation may use: the library's, and any the report mentions."""
     from fuser.rules import ALL_RULES
 
     names = {r.name for r in ALL_RULES} | {r.family for r in ALL_RULES}
-    names |= set(report.get("rules", {})) | set(report.get("fusion_counts", {}))
-    entries = (*report.get("fusions", []), *report.get("near_misses", []))
-    names |= {x.get(k) for x in entries for k in ("rule", "family")}
+    names |= set(report.rules) | set(report.fusion_counts)
+    names |= {x.rule for x in (*(report.fusions or ()), *report.near_misses)}
+    names |= {x.family for x in (*(report.fusions or ()), *report.near_misses)}
     return {n for n in names if n}
 
 
-def count(report: dict, name: str) -> int | None:
+def count(report: Report, name: str) -> int | None:
     """Applied rewrites of family `name`, or of rule `name` when no family has that name; None when the report
     cannot tell (a rule name, and no list of fusions to count)."""
     from fuser.rules import ALL_RULES
 
-    counts = report.get("fusion_counts", {})
-    if name in counts:
-        return counts[name]
+    if name in report.fusion_counts:
+        return report.fusion_counts[name]
     if name in {r.family for r in ALL_RULES}:  # a family that did not fire
         return 0
-    if "fusions" not in report:
+    if report.fusions is None:
         return None
-    return sum(1 for f in report["fusions"] if f.get("rule") == name)
+    return sum(1 for f in report.fusions if f.rule == name)
 
 
-def check(report: dict, exp: Expectations) -> list[Check]:
+def check(report: Report, exp: Expectations) -> list[Check]:
     checks: list[Check] = []
     known = known_names(report)
     for e in exp.counts:
@@ -180,13 +204,11 @@ def check(report: dict, exp: Expectations) -> list[Check]:
         if op not in ops:
             raise _unknown_op(op, ops)
         checks.append(_no_op(report, op))
-    validation = report.get("validation")
+    validation = report.validation
     if validation:
-        status = validation.get("status")
-        failed = status == "failed"
+        failed = validation.status == "failed"
         checks.append(Check("validation", "validation", not failed,
-                            validation.get("summary", status) if not failed
-                            else f"validation failed: {validation.get('summary', '')}"))
+                            validation.summary if not failed else f"validation failed: {validation.summary}"))
     if exp.max_error is not None:
         checks.append(_max_error(validation, exp.max_error))
     if exp.no_rollback:
@@ -198,36 +220,35 @@ def check(report: dict, exp: Expectations) -> list[Check]:
     return checks
 
 
-def _no_op(report: dict, op: str) -> Check:
-    ops_after = (report.get("output") or {}).get("ops")
-    if ops_after is None:
+def _no_op(report: Report, op: str) -> Check:
+    if report.output is None:
         return Check(f"no-op {op}", "no-op", False, "cannot check: the report has no output op histogram")
-    n = ops_after.get(op, 0)
+    n = report.output.ops.get(op, 0)
     return Check(f"no-op {op}", "no-op", n == 0,
                  f"no {op} left" if n == 0 else f"{n} {op} node{'s' if n != 1 else ''} left in the output")
 
 
-def _no_rollback(validation: dict | None) -> Check:
-    if not validation or validation.get("status") == "skipped":
-        why = (validation or {}).get("summary") or "the report has no validation section"
+def _no_rollback(validation: ValidationSection | None) -> Check:
+    if not validation or validation.status == "skipped":
+        why = (validation and validation.summary) or "the report has no validation section"
         return Check("no-rollback", "no-rollback", False, f"cannot check: validation did not run ({why})")
-    rolled = validation.get("rolled_back") or []
+    rolled = validation.rolled_back
     return Check("no-rollback", "no-rollback", not rolled,
-                 "nothing rolled back" if not rolled else "rolled back " + ", ".join(r["key"] for r in rolled))
+                 "nothing rolled back" if not rolled else "rolled back " + ", ".join(r.key for r in rolled))
 
 
-def _max_error(validation: dict | None, limit: float) -> Check:
+def _max_error(validation: ValidationSection | None, limit: float) -> Check:
     name = f"max-error {limit:g}"
-    if not validation or validation.get("status") == "skipped" or not validation.get("outputs"):
-        why = (validation or {}).get("summary") or "the report has no validation statistics"
+    if not validation or validation.status == "skipped" or not validation.outputs:
+        why = (validation and validation.summary) or "the report has no validation statistics"
         return Check(name, "max-error", False, f"cannot check: {why}")
     over = []
     worst = 0.0
-    for out, stats in validation["outputs"].items():
-        err = stats.get("max_abs")
+    for out, stats in validation.outputs.items():
+        err = stats.max_abs
         if err is None:
-            if stats.get("elements", 1):
-                over.append(f"'{out}' has no finite error (NaN or Inf, or {stats.get('error', 'not compared')})")
+            if stats.elements is None or stats.elements:
+                over.append(f"'{out}' has no finite error (NaN or Inf, or {stats.error or 'not compared'})")
             continue
         if not math.isfinite(err):
             over.append(f"'{out}' {err} is not a finite number")
@@ -240,9 +261,8 @@ def _max_error(validation: dict | None, limit: float) -> Check:
     return Check(name, "max-error", True, f"max abs error {worst:.3g} <= {limit:g}")
 
 
-def _baseline(report: dict, baseline: dict, path: str) -> list[Check]:
-    now = report.get("fusion_counts", {})
-    before = baseline.get("fusion_counts", {})
+def _baseline(report: Report, baseline: Report, path: str) -> list[Check]:
+    now, before = report.fusion_counts, baseline.fusion_counts
     checks = []
     for family in sorted(before):
         have, had = now.get(family, 0), before[family]
@@ -255,22 +275,17 @@ def _baseline(report: dict, baseline: dict, path: str) -> list[Check]:
     return checks
 
 
-def _no_warning(report: dict, wid: str) -> Check:
+def _no_warning(report: Report, wid: str) -> Check:
     name = f"no-warning {wid}"
-    build = report.get("build")
+    build = report.build
     if not build:
         return Check(name, "no-warning", False,
                      "cannot check: the report has no build section (no engine was built)")
-    if "warnings" not in build:
+    if build.warnings is None:
         return Check(name, "no-warning", False, "cannot check: the build section lists no warnings")
-    hits = [w for w in build["warnings"] if w.get("id") == wid]
+    hits = [w for w in build.warnings if w.id == wid]
     if not hits:
         return Check(name, "no-warning", True, f"no {wid} warning in the build")
-    text = hits[0].get("message") or hits[0].get("text") or next(iter(hits[0].get("lines") or ()), "")
+    text = next(iter(hits[0].lines), "")
     detail = f": {text[:200]}" if text else ""
     return Check(name, "no-warning", False, f"the build logged {wid} {len(hits)}x{detail}")
-
-
-def section(checks: list[Check]) -> dict:
-    """The report's `audit` section."""
-    return {"passed": all(c.passed for c in checks), "checks": [c.to_dict() for c in checks]}

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .errors import first_line
 from .model_io import LoadedModel, iter_tensors, uses_external_data
 
 ENGINES = ("onnxruntime", "reference")
@@ -43,14 +44,6 @@ def open_session(engine: str, model: onnx.ModelProto, base_dir: Path | None, pro
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to load is this engine's answer
         raise CannotLoad(first_line(exc)) from None
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return type(exc).__name__
 
 
 def _session_options():

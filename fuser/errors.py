@@ -29,3 +29,12 @@ class WriteError(FuserError):
     """An output could not be written (disk full, file too large, an I/O error); the previous file is kept."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (libraries such as onnxruntime, protobuf and TensorRT
+    explain over several lines), or the exception's type name when it says nothing."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__

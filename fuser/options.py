@@ -6,7 +6,7 @@ report's `options` section reproduces the run exactly.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .model_io import MAX_OPSET
 from .rule import TARGETS
@@ -79,12 +79,3 @@ class Options:
         if self.target == "onnxruntime":
             return model_opset
         return max(model_opset, DEFAULT_MAX_OPSET)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["disabled"] = sorted(self.disabled)
-        d["rules"], d["skip_rules"] = list(self.rules), list(self.skip_rules)
-        d["keep_fp32"] = list(self.keep_fp32)
-        d["input_shapes"] = {k: list(v) for k, v in self.input_shapes.items()}
-        d["validation_shapes"] = [{k: list(v) for k, v in m.items()} for m in self.validation_shapes]
-        return d

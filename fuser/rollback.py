@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import onnx
 
 from .errors import FuserError
-from .validate import CannotValidate, Result, ValidationFailed, Validator, describe_failure, summarize
+from .validate import (Bisection, CannotValidate, FirstAttempt, Result, RolledBack, ValidationFailed,
+                       ValidationSection, Validator, describe_failure, summarize)
 
 MAX_EMERGENT_ROUNDS = 3
 
-Run = tuple[onnx.ModelProto, object, object]  # (model, Report, Graph), as pipeline._run returns
+Run = tuple[onnx.ModelProto, object, object]  # (model, Report, Graph), as stage._run returns
 
 
 @dataclass
@@ -114,9 +115,9 @@ def validate_run(loaded, options, first: Run, rerun: Callable[[frozenset[str]], 
     try:
         validator = Validator(loaded, options)
     except CannotValidate as exc:
-        report.validation = {"status": "skipped", "summary": f"skipped: {exc}", "reason": str(exc),
-                             "provider": getattr(options, "provider", "cpu"), "outputs": {}, "shapes": [],
-                             "rolled_back": [], "time_s": round(time.perf_counter() - start, 6)}
+        report.validation = ValidationSection(status="skipped", summary=f"skipped: {exc}", reason=str(exc),
+                                              provider=getattr(options, "provider", "cpu"), outputs={}, shapes=[],
+                                              rolled_back=[], time_s=time.perf_counter() - start)
         if strict:
             raise ValidationFailed(f"validation could not run (--strict): {exc}", report) from None
         report.warnings.append(f"validation skipped: {exc}")
@@ -169,8 +170,8 @@ def validate_run(loaded, options, first: Run, rerun: Callable[[frozenset[str]], 
                                        bisection=_bisection(bisector), total=len(bisector.fusions))
     for r in rolled_back:
         final_report.warnings.append(
-            f"rewrite {r['key']} ({r['rule']} replacing {', '.join(r['replaced'][:4])}"
-            f"{', ...' if len(r['replaced']) > 4 else ''}) changed the outputs and was rolled back: {r['effect']}")
+            f"rewrite {r.key} ({r.rule} replacing {', '.join(r.replaced[:4])}"
+            f"{', ...' if len(r.replaced) > 4 else ''}) changed the outputs and was rolled back: {r.effect}")
     return final_model, final_report, final_graph
 
 
@@ -181,39 +182,25 @@ def _non_fusion_hint(options) -> str:
     return "please report this"
 
 
-def _culprit(fusion, effect: str) -> dict:
-    return {"rule": fusion.rule, "family": fusion.family, "key": fusion.key, "root": fusion.root,
-            "replaced": list(fusion.replaced), "created_ops": list(fusion.created_ops), "effect": effect}
+def _culprit(fusion, effect: str) -> RolledBack:
+    return RolledBack(fusion.rule, fusion.family, fusion.key, fusion.root, list(fusion.replaced),
+                      list(fusion.created_ops), effect)
 
 
-def _bisection(b: Bisector) -> dict:
-    return {"trials": b.runs, "rewrites": len(b.fusions), "culprits": list(b.culprits)}
+def _bisection(b: Bisector) -> Bisection:
+    return Bisection(trials=b.runs, rewrites=len(b.fusions), culprits=list(b.culprits))
 
 
 def _section(status: str, validator: Validator, result: Result, options, start: float, *,
-             rolled_back: list[dict] = (), first_attempt: Result | None = None, bisection: dict | None = None,
-             total: int = 0) -> dict:
-    section = {
-        "status": status,
-        "summary": summarize(status, result, len(validator.feeds), rolled_back, total, validator.engine,
-                             validator.guessed),
-        "provider": getattr(options, "provider", "cpu"),
-        "engine": validator.engine,
-        "device": validator.device,
-        "inputs": validator.source,
-        "shapes": validator.shapes(),
-        "outputs": result.outputs,
-        "rolled_back": list(rolled_back),
-    }
-    if result.error:
-        section["error"] = result.error
-    if first_attempt is not None:
-        section["first_attempt"] = {"error": first_attempt.error,
-                                    "failed_outputs": {k: first_attempt.outputs[k]
-                                                       for k in first_attempt.failed_outputs()}}
-    if bisection is not None:
-        section["bisection"] = bisection
-    if validator.notes:
-        section["notes"] = list(validator.notes)
-    section["time_s"] = round(time.perf_counter() - start, 6)
-    return section
+             rolled_back: list[RolledBack] = (), first_attempt: Result | None = None,
+             bisection: Bisection | None = None, total: int = 0) -> ValidationSection:
+    return ValidationSection(
+        status=status,
+        summary=summarize(status, result, len(validator.feeds), rolled_back, total, validator.engine,
+                          validator.guessed),
+        provider=getattr(options, "provider", "cpu"), engine=validator.engine, device=validator.device,
+        inputs=validator.source, shapes=validator.shapes(), outputs=result.outputs, rolled_back=list(rolled_back),
+        error=result.error or None,
+        first_attempt=None if first_attempt is None else FirstAttempt(
+            first_attempt.error, {k: first_attempt.outputs[k] for k in first_attempt.failed_outputs()}),
+        bisection=bisection, notes=list(validator.notes), time_s=time.perf_counter() - start)

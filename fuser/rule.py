@@ -55,14 +55,12 @@ class Rule:
 
 @dataclass
 class RuleStats:
+    """A rule's costs and hits: candidates tried at its root op (attempts), structural matches, applied rewrites."""
+
     attempts: int = 0
     matches: int = 0
     hits: int = 0
-    time_s: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {"attempts": self.attempts, "matches": self.matches, "hits": self.hits,
-                "time_s": round(self.time_s, 6)}
+    time_s: float = field(default=0.0, metadata={"digits": 6})  # metadata: see fuser/report/codec.py
 
 
 @dataclass
@@ -77,20 +75,17 @@ class Fusion:
     created: list[str]
     created_ops: list[str]
 
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 @dataclass
 class NearMiss:
+    """A place a rule matched (or almost) and did not fire, with the reason."""
+
     rule: str
     family: str
     at: str
     reason: str
-    nodes: frozenset[int] = field(default=frozenset(), repr=False, compare=False)  # what the match covered
-
-    def to_dict(self) -> dict:
-        return {"rule": self.rule, "family": self.family, "at": self.at, "reason": self.reason}
+    nodes: frozenset[int] = field(default=frozenset(), repr=False, compare=False,
+                                  metadata={"json": False})  # what the match covered (node ids of this run)
 
 
 class UpgradeNeeded(Exception):

@@ -6,7 +6,7 @@ kernel for, an opset newer than it knows), onnx's reference evaluator; the repor
 inputs are the user's or fuser's random ones (`fuser.inputs`); when the original fails on the first guess
 of its dynamic dims, other guesses are tried and the report says which shapes were used. A model that
 draws random numbers without a seed, or that neither engine runs, is not validated, and the report says
-why in one line. Per output the report gets:
+why in one line. Per output the report gets (`OutputStats`, in the report's `ValidationSection`):
 
     max / mean / median / p99 absolute error      |opt - ref|
     max / mean / median / p99 relative error      |opt - ref| / |ref|, over elements where ref != 0
@@ -34,13 +34,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import ModelError
-from .engines import ENGINES, CannotLoad, first_line, open_session
+from .engines import ENGINES, CannotLoad, open_session
+from .errors import ModelError, first_line
 from .input_constraints import infer_value_types
 from .inputs import alternative_feed_sets, describe, feed_sets
 from .model_io import LoadedModel
@@ -71,23 +72,130 @@ class CannotValidate(Exception):
     """The original model cannot be run (custom ops, unknown shapes...): validation is skipped."""
 
 
+# ------------------------------------------------------------------------------ the report's validation section
+# Field metadata is the report codec's (fuser/report/codec.py): OPTIONAL fields are left out when they do not apply;
+# a STATISTIC may also be null (NaN, or no finite element to measure).
+OPTIONAL = {"omit_default": True}
+STATISTIC = {"omit_default": True, "null": True}
+
+
+@dataclass
+class CountPair:
+    reference: int
+    optimized: int
+
+
+@dataclass
+class Worst:
+    """The element furthest off: its flat index and both values (NaN and infinities as text)."""
+
+    index: int
+    reference: float | str | None
+    optimized: float | str | None
+
+
+@dataclass
+class Fp32Reference:
+    """Both models' errors against an fp32 copy of the original (low-precision models)."""
+
+    max_abs_original: float | None
+    max_abs_optimized: float | None
+    mean_abs_original: float | None
+    mean_abs_optimized: float | None
+
+
+@dataclass(kw_only=True)
+class OutputStats:
+    """One output compared on every input set (see the module docstring); `passed` is the verdict."""
+
+    dtype: str | None = field(default=None, metadata=OPTIONAL)
+    atol: float | None = field(default=None, metadata=OPTIONAL)
+    rtol: float | None = field(default=None, metadata=OPTIONAL)
+    shape: list[int] | None = field(default=None, metadata=OPTIONAL)
+    elements: int | None = field(default=None, metadata=OPTIONAL)
+    nan: CountPair | None = field(default=None, metadata=OPTIONAL)
+    inf: CountPair | None = field(default=None, metadata=OPTIONAL)
+    scale: float | None = field(default=None, metadata=OPTIONAL)
+    mismatches: int | None = field(default=None, metadata=STATISTIC)
+    max_abs: float | None = field(default=None, metadata=STATISTIC)
+    mean_abs: float | None = field(default=None, metadata=STATISTIC)
+    median_abs: float | None = field(default=None, metadata=STATISTIC)
+    p99_abs: float | None = field(default=None, metadata=STATISTIC)
+    max_rel: float | None = field(default=None, metadata=STATISTIC)
+    mean_rel: float | None = field(default=None, metadata=STATISTIC)
+    median_rel: float | None = field(default=None, metadata=STATISTIC)
+    p99_rel: float | None = field(default=None, metadata=STATISTIC)
+    cosine: float | None = field(default=None, metadata=STATISTIC)
+    worst: Worst | None = field(default=None, metadata=OPTIONAL)
+    passed: bool
+    judged_by: Literal["tolerance", "fp32-reference"] | None = field(default=None, metadata=OPTIONAL)
+    fp32_reference: Fp32Reference | None = field(default=None, metadata=OPTIONAL)
+    error: str | None = field(default=None, metadata=OPTIONAL)  # why it could not be compared
+
+
+@dataclass
+class RolledBack:
+    """A rewrite that changed the outputs and was rolled back, with what it did to them."""
+
+    rule: str
+    family: str
+    key: str
+    root: str
+    replaced: list[str]
+    created_ops: list[str] = field(default_factory=list)
+    effect: str = ""
+
+
+@dataclass
+class Bisection:
+    trials: int  # re-runs of the optimization the search took
+    rewrites: int
+    culprits: list[str]
+
+
+@dataclass
+class FirstAttempt:
+    """The comparison that failed before the rollback."""
+
+    error: str | None
+    failed_outputs: dict[str, OutputStats]
+
+
+InputShapes = dict[str, list[int] | list[list[int]] | None]  # a tensor's shape, a sequence's shapes, or absent
+
+
+@dataclass(kw_only=True)
+class ValidationSection:
+    """The report's `validation`: what ran both models on which inputs, each output's statistics, and the rewrites
+    rolled back (docs/report.md). `status` is passed, rolled-back, failed (the run stopped) or skipped (`reason`)."""
+
+    status: Literal["passed", "failed", "rolled-back", "skipped"]
+    summary: str
+    reason: str | None = field(default=None, metadata=OPTIONAL)
+    provider: Literal["cpu", "cuda"] = "cpu"
+    engine: Literal["onnxruntime", "reference"] | None = field(default=None, metadata=OPTIONAL)
+    device: str | None = field(default=None, metadata=OPTIONAL)
+    inputs: str | None = field(default=None, metadata=OPTIONAL)  # where the inputs came from
+    shapes: list[InputShapes]
+    outputs: dict[str, OutputStats]
+    rolled_back: list[RolledBack]
+    error: str | None = field(default=None, metadata=OPTIONAL)
+    first_attempt: FirstAttempt | None = field(default=None, metadata=OPTIONAL)
+    bisection: Bisection | None = field(default=None, metadata=OPTIONAL)
+    notes: list[str] = field(default_factory=list, metadata=OPTIONAL)
+    time_s: float | None = field(default=None, metadata={**OPTIONAL, "digits": 6})
+
+
 @dataclass
 class Result:
     """One comparison of an optimized model against the original, on every input set."""
 
     passed: bool
-    outputs: dict[str, dict] = field(default_factory=dict)
+    outputs: dict[str, OutputStats] = field(default_factory=dict)
     error: str | None = None  # the optimized model could not be loaded or run
 
     def failed_outputs(self) -> list[str]:
-        return [k for k, v in self.outputs.items() if not v.get("passed")]
-
-    def worst(self) -> tuple[str, dict] | None:
-        failed = self.failed_outputs()
-        if not failed:
-            return None
-        name = max(failed, key=lambda k: self.outputs[k].get("max_abs") or float("inf"))
-        return name, self.outputs[name]
+        return [k for k, v in self.outputs.items() if not v.passed]
 
 
 def tolerance_for(name: str, elem_type: int | None, options) -> tuple[float, float]:
@@ -182,7 +290,7 @@ class Validator:
         hint = "; give shapes with --input-shape or data with --inputs" if loaded_somewhere else ""
         raise CannotValidate("; ".join(failures) + hint)
 
-    def shapes(self) -> list[dict[str, list[int]]]:
+    def shapes(self) -> list[InputShapes]:
         return [describe(f) for f in self.feeds]
 
     def _open(self, model: onnx.ModelProto):
@@ -203,15 +311,15 @@ class Validator:
         for name in self.reference[0]:
             atol, rtol = tolerance_for(name, self.elem_types.get(name), self.options)
             if any(name not in a for a in actual):
-                outputs[name] = {"passed": False, "error": f"the optimized model has no output '{name}'"}
+                outputs[name] = OutputStats(passed=False, error=f"the optimized model has no output '{name}'")
                 continue
             outputs[name] = compare([r[name] for r in self.reference], [a[name] for a in actual], atol, rtol)
-        failed = [k for k, v in outputs.items() if not v["passed"]]
+        failed = [k for k, v in outputs.items() if not v.passed]
         if failed and _computes_low_precision(self.loaded.model):
             self._judge_by_fp32(failed, actual, outputs)
-        return Result(all(v["passed"] for v in outputs.values()), outputs)
+        return Result(all(v.passed for v in outputs.values()), outputs)
 
-    def _judge_by_fp32(self, failed: list[str], actual: list[dict], outputs: dict[str, dict]) -> None:
+    def _judge_by_fp32(self, failed: list[str], actual: list[dict], outputs: dict[str, OutputStats]) -> None:
         """Low precision: pass outputs that are no further from an fp32 reference than the original's."""
         if self._fp32_reference is False:
             self._fp32_reference = self._run_fp32()
@@ -219,20 +327,19 @@ class Validator:
             return
         for name in failed:
             stats = outputs[name]
-            if "error" in stats or any(name not in r for r in self._fp32_reference):
+            if stats.error is not None or any(name not in r for r in self._fp32_reference):
                 continue
             truth = [r[name] for r in self._fp32_reference]
             orig = _abs_errors([r[name] for r in self.reference], truth)
             opt = _abs_errors([a[name] for a in actual], truth)
             if orig is None or opt is None:
                 continue
-            ok = (opt.max() <= FP32_SLACK * orig.max() + stats["atol"]
-                  and opt.mean() <= FP32_SLACK * orig.mean() + stats["atol"])
-            stats["fp32_reference"] = {"max_abs_original": _f(orig.max()), "max_abs_optimized": _f(opt.max()),
-                                       "mean_abs_original": _f(orig.mean()), "mean_abs_optimized": _f(opt.mean())}
+            ok = (opt.max() <= FP32_SLACK * orig.max() + stats.atol
+                  and opt.mean() <= FP32_SLACK * orig.mean() + stats.atol)
+            stats.fp32_reference = Fp32Reference(_f(orig.max()), _f(opt.max()), _f(orig.mean()), _f(opt.mean()))
             if ok:
-                stats["passed"] = True
-                stats["judged_by"] = "fp32-reference"
+                stats.passed = True
+                stats.judged_by = "fp32-reference"
 
     def _run_fp32(self) -> list[dict[str, np.ndarray]] | None:
         try:
@@ -389,7 +496,7 @@ def _is_integer(dtype: np.dtype) -> bool:
     return dtype.kind in "biu" or (dtype.kind == "V" and dtype.name.startswith(("int", "uint")))
 
 
-def compare(reference: list, actual: list, atol: float, rtol: float) -> dict:
+def compare(reference: list, actual: list, atol: float, rtol: float) -> OutputStats:
     """Statistics of one output over all input sets (see the module docstring); `passed` is the verdict.
 
     A sequence (or a map, an optional) is compared tensor by tensor; its structure must match exactly.
@@ -397,63 +504,59 @@ def compare(reference: list, actual: list, atol: float, rtol: float) -> dict:
     flat_ref = [_flatten(x) for x in reference]
     flat_act = [_flatten(x) for x in actual]
     first = next((arrays[0] for _, arrays in flat_ref if arrays), None)
-    stats: dict = {"dtype": str(first.dtype) if first is not None else "none", "atol": atol, "rtol": rtol}
+    stats = OutputStats(passed=False, dtype=str(first.dtype) if first is not None else "none", atol=atol, rtol=rtol)
     if flat_ref and flat_ref[0][0][0] == "tensor":
-        stats["shape"] = list(flat_ref[0][0][1])
+        stats.shape = list(flat_ref[0][0][1])
     for (rs, _), (as_, _) in zip(flat_ref, flat_act):
         if rs != as_:
-            stats.update(passed=False, error=f"{_describe_structure(as_)} instead of {_describe_structure(rs)}")
+            stats.error = f"{_describe_structure(as_)} instead of {_describe_structure(rs)}"
             return stats
     r_raw = [x for _, arrays in flat_ref for x in arrays]
     actual = [x for _, arrays in flat_act for x in arrays]
     if any(x.dtype.kind in "OSU" for x in r_raw):  # strings: equality only
-        equal = all(np.array_equal(x, np.asarray(y)) for x, y in zip(r_raw, actual))
-        stats.update(elements=int(sum(x.size for x in r_raw)), mismatches=0 if equal else None, passed=equal)
+        stats.passed = all(np.array_equal(x, np.asarray(y)) for x, y in zip(r_raw, actual))
+        stats.elements = int(sum(x.size for x in r_raw))
+        stats.mismatches = 0 if stats.passed else None
         return stats
     r = np.concatenate([_as_float(x).ravel() for x in r_raw]) if r_raw else np.zeros(0)
     a = np.concatenate([_as_float(np.asarray(x)).ravel() for x in actual]) if actual else np.zeros(0)
-    stats["elements"] = int(r.size)
-    stats["nan"] = {"reference": int(np.isnan(r).sum()), "optimized": int(np.isnan(a).sum())}
-    stats["inf"] = {"reference": int(np.isinf(r).sum()), "optimized": int(np.isinf(a).sum())}
+    stats.elements = int(r.size)
+    stats.nan = CountPair(int(np.isnan(r).sum()), int(np.isnan(a).sum()))
+    stats.inf = CountPair(int(np.isinf(r).sum()), int(np.isinf(a).sum()))
     exact = bool(r_raw) and all(_is_integer(x.dtype) for x in r_raw)
     finite_ref = np.abs(r[np.isfinite(r)])
-    scale = max(1.0, float(finite_ref.max())) if finite_ref.size else 1.0
-    stats["scale"] = scale
+    stats.scale = scale = max(1.0, float(finite_ref.max())) if finite_ref.size else 1.0
     close = (r == a) if exact else np.isclose(a, r, rtol=rtol, atol=atol * scale, equal_nan=True)
     if exact:
         close |= np.isnan(r) & np.isnan(a)
-    mismatches = int(r.size - int(close.sum()))
-    stats["mismatches"] = mismatches
+    stats.mismatches = mismatches = int(r.size - int(close.sum()))
     finite = np.isfinite(r) & np.isfinite(a)
     err = np.abs(a[finite] - r[finite])
     ref_abs = np.abs(r[finite])
     if err.size:
-        stats.update(max_abs=_f(err.max()), mean_abs=_f(err.mean()), median_abs=_f(np.median(err)),
-                     p99_abs=_f(np.percentile(err, 99)))
+        stats.max_abs, stats.mean_abs = _f(err.max()), _f(err.mean())
+        stats.median_abs, stats.p99_abs = _f(np.median(err)), _f(np.percentile(err, 99))
         nonzero = ref_abs > 0
         if nonzero.any():
             rel = err[nonzero] / ref_abs[nonzero]
-            stats.update(max_rel=_f(rel.max()), mean_rel=_f(rel.mean()), median_rel=_f(np.median(rel)),
-                         p99_rel=_f(np.percentile(rel, 99)))
-        else:
-            stats.update(max_rel=None, mean_rel=None, median_rel=None, p99_rel=None)
+            stats.max_rel, stats.mean_rel = _f(rel.max()), _f(rel.mean())
+            stats.median_rel, stats.p99_rel = _f(np.median(rel)), _f(np.percentile(rel, 99))
         na, nr = np.linalg.norm(a[finite]), np.linalg.norm(r[finite])
         if na == 0 and nr == 0:
-            stats["cosine"] = 1.0
+            stats.cosine = 1.0
         elif na == 0 or nr == 0:
-            stats["cosine"] = 0.0
+            stats.cosine = 0.0
         else:
-            stats["cosine"] = _f(np.dot(a[finite] / na, r[finite] / nr))  # normalized first: no overflow
-    else:
-        stats.update(max_abs=0.0 if r.size == 0 else None, mean_abs=None, median_abs=None, p99_abs=None,
-                     max_rel=None, mean_rel=None, median_rel=None, p99_rel=None, cosine=None)
+            stats.cosine = _f(np.dot(a[finite] / na, r[finite] / nr))  # normalized first: no overflow
+    elif r.size == 0:
+        stats.max_abs = 0.0
     if mismatches:
         bad = np.flatnonzero(~close)
         diff = np.where(np.isfinite(a[bad]) & np.isfinite(r[bad]), np.abs(a[bad] - r[bad]), np.inf)
         k = int(bad[int(np.argmax(diff))])
-        stats["worst"] = {"index": k, "reference": _f(r[k]) if np.isfinite(r[k]) else str(r[k]),
-                          "optimized": _f(a[k]) if np.isfinite(a[k]) else str(a[k])}
-    stats["passed"] = mismatches == 0
+        stats.worst = Worst(k, _f(r[k]) if np.isfinite(r[k]) else str(r[k]),
+                            _f(a[k]) if np.isfinite(a[k]) else str(a[k]))
+    stats.passed = mismatches == 0
     return stats
 
 
@@ -506,20 +609,20 @@ def _upcast_graph(g: onnx.GraphProto, base_dir: Path | None) -> None:
                 a.i = TensorProto.FLOAT
 
 
-def summarize(status: str, result: Result | None, n_sets: int, rolled_back: list[dict] = (),
+def summarize(status: str, result: Result | None, n_sets: int, rolled_back: list[RolledBack] = (),
               total_rewrites: int = 0, engine: str = "onnxruntime", guessed: str | None = None) -> str:
     """The validation section's one-line summary; it names the engine when it is not onnxruntime, and the
     shapes when the first guess of the dynamic dims did not run."""
     if result is None:
         return status
     n = len(result.outputs)
-    worst = max((v.get("max_abs") or 0.0 for v in result.outputs.values()), default=0.0)
+    worst = max((v.max_abs or 0.0 for v in result.outputs.values()), default=0.0)
     sets = (f"{n_sets} input set{'s' if n_sets != 1 else ''}" + (f" of shapes {guessed}" if guessed else "")
             + (" with onnx.reference" if engine == "reference" else ""))
     if status == "passed":
         return f"passed: {n} output{'s' if n != 1 else ''} within tolerance on {sets} (max abs error {worst:.3g})"
     if status == "rolled-back":
-        keys = ", ".join(r["key"] for r in rolled_back)
+        keys = ", ".join(r.key for r in rolled_back)
         return (f"rolled back {len(rolled_back)} of {total_rewrites} rewrites that changed the outputs ({keys}); "
                 f"the rest pass on {sets} (max abs error {worst:.3g})")
     return f"failed: {describe_failure(result)}"
@@ -531,14 +634,13 @@ def describe_failure(result: Result) -> str:
     parts = []
     for name in result.failed_outputs():
         s = result.outputs[name]
-        if "error" in s:
-            parts.append(f"output '{name}': {s['error']}")
+        if s.error is not None:
+            parts.append(f"output '{name}': {s.error}")
         else:
-            parts.append(f"output '{name}': {s['mismatches']} of {s['elements']} elements off "
-                         f"(max abs error {_g(s.get('max_abs'))}, "
-                         f"atol {s['atol']:g}, rtol {s['rtol']:g}"
-                         + (f", NaN {s['nan']['optimized']} vs {s['nan']['reference']}"
-                            if s.get("nan") and s["nan"]["optimized"] != s["nan"]["reference"] else "") + ")")
+            parts.append(f"output '{name}': {s.mismatches} of {s.elements} elements off "
+                         f"(max abs error {_g(s.max_abs)}, atol {s.atol:g}, rtol {s.rtol:g}"
+                         + (f", NaN {s.nan.optimized} vs {s.nan.reference}"
+                            if s.nan and s.nan.optimized != s.nan.reference else "") + ")")
     return "; ".join(parts[:4]) + (f"; and {len(parts) - 4} more outputs" if len(parts) > 4 else "")
 
 
@@ -549,5 +651,5 @@ def environment() -> dict:
             "threads": os.cpu_count()}
 
 
-__all__ = ["DEFAULT_TOLERANCE", "CannotValidate", "Result", "ValidationFailed", "Validator", "compare",
-           "elem_type_of", "tolerance_for", "upcast_to_fp32"]
+__all__ = ["DEFAULT_TOLERANCE", "CannotValidate", "OutputStats", "Result", "ValidationFailed", "ValidationSection",
+           "Validator", "compare", "elem_type_of", "tolerance_for", "upcast_to_fp32"]

@@ -16,9 +16,12 @@ from .dead_code import DeadCodeElimination
 from .fusion import FusionPass
 from .initializers import InitializerDedup
 from .noop import NoOpElimination
-from .precision import PrecisionPass
+from .precision import PrecisionPass, PrecisionStats
+from .sections import CleanupSection, FoldingSection
 from .shape_inference import ShapeFolding
 from .shape_tensors import ShapeTensorRewrite
+
+REPORT_SECTIONS = (FoldingSection, CleanupSection, PrecisionStats)  # the report sections these passes write
 
 
 def default_passes(options) -> list:
@@ -37,6 +40,6 @@ def default_passes(options) -> list:
     ]
 
 
-__all__ = ["CommonSubexpressionElimination", "ConstantFolding", "DeadCodeElimination", "FusionPass",
-           "InitializerDedup", "NoOpElimination", "PrecisionPass", "ShapeFolding", "ShapeTensorRewrite",
-           "default_passes"]
+__all__ = ["REPORT_SECTIONS", "CleanupSection", "CommonSubexpressionElimination", "ConstantFolding",
+           "DeadCodeElimination", "FoldingSection", "FusionPass", "InitializerDedup", "NoOpElimination",
+           "PrecisionPass", "PrecisionStats", "ShapeFolding", "ShapeTensorRewrite", "default_passes"]

@@ -15,8 +15,8 @@ producing graph outputs. A node whose result would grow the model past the budge
 `Tile`, `ConstantOfShape`, `Range`) stays an op, and is never computed: where inference on the region
 cannot tell a result's size, the region runs node by node and each such node's size is told first
 from its actual inputs (`result_bytes`); a size that cannot be told is not computed. Every skipped
-fold is reported with its reason in `report.extra["folding"]["skipped"]`; a fold that fails never
-fails the run.
+fold is reported with its reason in the report's folding section (`FoldingSection.skipped`); a fold that
+fails never fails the run.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from onnx import helper
 from fuser import onnx_inference
 from fuser.graph import Graph
 
-from .shape_inference import folding_section, type_shape
+from .sections import FoldingSection, FoldSkipped
+from .shape_inference import type_shape
 
 NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
                               "Multinomial", "Bernoulli", "Dropout"})
@@ -72,7 +73,7 @@ class ConstantFolding:
             budget = getattr(ctx.options, "fold_budget_bytes", DEFAULT_BUDGET)
         if graph is not self._graph:  # a new graph (first run, or after an opset upgrade)
             self._graph, self._given_up = graph, {}
-        section = folding_section(ctx.report)
+        section = ctx.report.section(FoldingSection)
         skipped: dict[int, str] = {}
         # nodes that failed before, unchanged since, are not tried again (nor what depends on them)
         region = _prune(graph, constant_region(graph),
@@ -131,10 +132,10 @@ class ConstantFolding:
             node = graph.node(nid)
             self._given_up[nid] = tuple(node.input)
             size = next((nbytes(o, arrays) for o in node.output if o), None)
-            entry = {"node": node.name or node.output[0], "op": node.op_type,
-                     "reason": why.replace("its result", f"its result ({size} bytes)") if size else why}
-            if all(e["node"] != entry["node"] for e in section["skipped"]) and len(section["skipped"]) < MAX_SKIPPED:
-                section["skipped"].append(entry)
+            entry = FoldSkipped(node.name or node.output[0], node.op_type,
+                                why.replace("its result", f"its result ({size} bytes)") if size else why)
+            if all(e.node != entry.node for e in section.skipped) and len(section.skipped) < MAX_SKIPPED:
+                section.skipped.append(entry)
         if not region:
             return False
 
@@ -150,8 +151,8 @@ class ConstantFolding:
         freed = sum(graph.constant_nbytes(v) for v in leaves
                     if not graph.uses(v) and not graph.is_graph_output(v) and v not in refs
                     and v not in graph.input_names)
-        section["folded"] += len(region)
-        section["bytes_added"] += added - freed
+        section.folded += len(region)
+        section.bytes_added += added - freed
         return True
 
 

@@ -17,7 +17,7 @@ import onnx
 from fuser.graph import Graph
 
 from .constant_folding import NONDETERMINISTIC
-from .noop import cleanup_section
+from .sections import CleanupSection
 
 COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal",
                          "BitwiseAnd", "BitwiseOr", "BitwiseXor"})
@@ -62,5 +62,5 @@ class CommonSubexpressionElimination:
                     graph.replace_all_uses(dup, canonical)
             merged += 1
         if merged:
-            cleanup_section(ctx.report)["cse_merged"] += merged
+            ctx.report.section(CleanupSection).cse_merged += merged
         return merged > 0

@@ -26,7 +26,7 @@ class FusionPass:
         refused: list[frozenset[int]] = []
         for rule in self.rules:
             fusions, near = apply_rule(graph, rule, ctx, ctx.report.rule_stats(rule.name))
-            ctx.report.fusions.extend(fusions)
+            ctx.report.add_fusions(fusions)
             for miss in near:
                 if miss.nodes and any(miss.nodes <= earlier for earlier in refused):
                     continue

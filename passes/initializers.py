@@ -20,7 +20,7 @@ import onnx.numpy_helper
 from fuser.graph import Graph
 from fuser.model_io import external_ends, external_sha256, uses_external_data
 
-from .noop import cleanup_section
+from .sections import CleanupSection
 
 _DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> {name: (tensor, digest)}
 
@@ -99,7 +99,7 @@ class InitializerDedup:
                 graph.remove_initializer(name)
                 merged += 1
         if merged:
-            section = cleanup_section(ctx.report)
-            section["initializers_merged"] += merged
-            section["initializer_bytes_saved"] += saved
+            section = ctx.report.section(CleanupSection)
+            section.initializers_merged += merged
+            section.initializer_bytes_saved += saved
         return merged > 0

@@ -23,14 +23,10 @@ import onnx
 
 from fuser.graph import Graph, attribute
 
+from .sections import CleanupSection
 from .shape_inference import infer_shapes
 
 MAX_CONST_BYTES = 1 << 16  # constant operands larger than this are not read to test for 0 / 1
-
-
-def cleanup_section(report) -> dict:
-    return report.extra.setdefault("cleanup", {"cse_merged": 0, "noop_removed": {}, "initializers_merged": 0,
-                                               "initializer_bytes_saved": 0})
 
 
 def _small_const(graph: Graph, value: str) -> np.ndarray | None:
@@ -235,7 +231,7 @@ class NoOpElimination:
             if src and bypass(graph, nid, src, protected):
                 removed[node.op_type] += 1
         if removed:
-            counts = cleanup_section(ctx.report)["noop_removed"]
+            counts = ctx.report.section(CleanupSection).noop_removed
             for op, n in removed.items():
                 counts[op] = counts.get(op, 0) + n
         return bool(removed)

@@ -30,7 +30,7 @@ inference cannot tell are left alone (counted in the report). Constants whose ev
 flushes to zero in fp16 (a decomposed LayerNorm's eps of 1e-12) are converted but listed in
 "flushed_to_zero" with a warning: keep their consumers in fp32 or fuse the pattern.
 
-The report's `extra["precision"]` section: converted_initializers, converted_constants (Constant nodes),
+The report's `precision` section (`PrecisionStats`): converted_initializers, converted_constants (Constant nodes),
 fp16_copies (exact fp16 copies of an fp32 constant also read by a kept op), casts_inserted, kept_fp32
 (node, op, reason), overflow_kept, flushed_to_zero, unknown_types, unmatched_keep_fp32 (also a warning).
 Inserted Casts carry doc_string "fuser:precision"; running the pass again changes nothing.
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -70,24 +71,36 @@ class NodePlan:
 
 
 @dataclass
+class KeptFp32:
+    """A node that stays fp32, and why (an island of --keep-fp32, an overflowing constant, a type it needs)."""
+
+    node: str
+    op: str
+    reason: str
+
+
+@dataclass
 class PrecisionStats:
+    """What the fp16 conversion did: the report's `precision` section (metadata: fuser/report/codec.py)."""
+
+    key: ClassVar[str] = "precision"
+
+    precision: str = "fp16"
     converted_initializers: int = 0
     converted_constants: int = 0
     fp16_copies: int = 0
     casts_inserted: int = 0
-    kept_fp32: list[dict] = field(default_factory=list)
+    kept_fp32: list[KeptFp32] = field(default_factory=list)
     overflow_kept: list[str] = field(default_factory=list)
     flushed_to_zero: list[str] = field(default_factory=list)
     unknown_types: int = 0
-    unmatched_keep: list[str] = field(default_factory=list)  # keep_fp32 entries that name no op type or node
-    modified: bool = False
+    unmatched_keep_fp32: list[str] = field(default_factory=list)  # keep_fp32 entries that name no op type or node
+    modified: bool = field(default=False, metadata={"json": False})
 
-    def to_dict(self) -> dict:
-        return {"precision": "fp16", "converted_initializers": self.converted_initializers,
-                "converted_constants": self.converted_constants, "fp16_copies": self.fp16_copies,
-                "casts_inserted": self.casts_inserted, "kept_fp32": list(self.kept_fp32),
-                "overflow_kept": list(self.overflow_kept), "flushed_to_zero": list(self.flushed_to_zero),
-                "unknown_types": self.unknown_types, "unmatched_keep_fp32": list(self.unmatched_keep)}
+    def summary(self) -> list[str]:
+        """The line `fuser optimize` prints."""
+        return [f"fp16: {self.converted_initializers} initializers converted, {self.casts_inserted} casts, "
+                f"{len(self.kept_fp32)} nodes kept fp32, {len(self.overflow_kept)} overflowing constants kept fp32"]
 
 
 class PrecisionPass:
@@ -102,14 +115,15 @@ class PrecisionPass:
         if getattr(options, "precision", "fp32") != "fp16":
             return False
         stats = convert_fp16(graph, keep=getattr(options, "keep_fp32", ()), fp16_io=getattr(options, "fp16_io", False))
-        ctx.report.extra["precision"] = stats.to_dict()
+        ctx.report.set_section(stats)
         if stats.flushed_to_zero:
             ctx.report.warnings.append(
                 f"fp16: every nonzero value of {len(stats.flushed_to_zero)} constant(s) flushes to zero "
                 f"({', '.join(stats.flushed_to_zero[:4])}{', ...' if len(stats.flushed_to_zero) > 4 else ''}); "
                 "keep their consumers in fp32 (--keep-fp32) if they matter")
-        if stats.unmatched_keep:
-            ctx.report.warnings.append(f"--keep-fp32: no op type or node name {', '.join(stats.unmatched_keep)} "
+        if stats.unmatched_keep_fp32:
+            unmatched = ", ".join(stats.unmatched_keep_fp32)
+            ctx.report.warnings.append(f"--keep-fp32: no op type or node name {unmatched} "
                                        "in the optimized graph (names of fused nodes change)")
         if stats.unknown_types:
             ctx.report.notes.append(f"fp16: {stats.unknown_types} values of unknown type were left as they are")
@@ -186,7 +200,7 @@ class _Converter:
         self.order = [v for v in values if v in self.fp32]  # deterministic iteration (sets are not)
         self.stats.unknown_types = sum(1 for v, t in types.items() if t is None and v in g.producers)
         known = {n.op_type for n in g.nodes.values()} | {n.name for n in g.nodes.values()}
-        self.stats.unmatched_keep = sorted(k for k in self.keep if k not in known)
+        self.stats.unmatched_keep_fp32 = sorted(k for k in self.keep if k not in known)
         if not self.fp32:
             return self.stats
         pinned = {v: (FLOAT16 if self.fp16_io else FLOAT) for v in g.output_names if v in self.fp32}
@@ -202,8 +216,7 @@ class _Converter:
         for nid, plan in plans.items():
             node = g.node(nid)
             if plan.reason and plan.reason != "island boundary":
-                self.stats.kept_fp32.append({"node": node.name or node.op_type, "op": node.op_type,
-                                             "reason": plan.reason})
+                self.stats.kept_fp32.append(KeptFp32(node.name or node.op_type, node.op_type, plan.reason))
             for slot, t in plan.outputs.items():
                 self.vtype[node.output[slot]] = t
         self._graph_inputs(pinned)

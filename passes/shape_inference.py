@@ -34,6 +34,8 @@ from fuser import onnx_inference
 from fuser.errors import UsageError
 from fuser.graph import Graph, attribute
 
+from .sections import FoldingSection, NotFolded
+
 Dim = int | str | None  # static size, symbolic name, or unknown
 Shape = list[Dim]
 
@@ -390,12 +392,6 @@ def apply_pins(graph: Graph, options) -> tuple[bool, dict[str, int]]:
 
 
 # ------------------------------------------------------------------- pass
-def folding_section(report) -> dict:
-    """The report's `folding` section, shared by the folding passes."""
-    return report.extra.setdefault("folding", {
-        "folded": 0, "bytes_added": 0, "shape_values_folded": 0, "skipped": [], "not_folded": []})
-
-
 class ShapeFolding:
     """Pin input dims, infer shapes, and fold every shape tensor whose elements are all static."""
 
@@ -403,14 +399,14 @@ class ShapeFolding:
     requires = ("acyclic",)
 
     def run(self, graph: Graph, ctx) -> bool:
-        section = folding_section(ctx.report)
+        section = ctx.report.section(FoldingSection)
         pinned, symbols = apply_pins(graph, ctx.options)
         if pinned:
-            section.setdefault("pinned_dims", {}).update(symbols)
+            section.pinned_dims.update(symbols)
         if getattr(ctx.options, "input_shapes", None) and getattr(ctx.options, "keep_dynamic", False):
             ctx.report.note("--input-shape was not applied to the graph because --keep-dynamic is set")
         if not (graph.by_op.get("Shape") or graph.by_op.get("Size")):
-            section["not_folded"] = []
+            section.not_folded = []
             return bool(pinned)
         shapes = infer_shapes(graph)
         values = propagate(graph, shapes)
@@ -430,12 +426,12 @@ class ShapeFolding:
             graph.remove_node(use[0])
             graph.set_initializer(value, values[value].array())
             folded += 1
-        section["shape_values_folded"] += folded
-        section["not_folded"] = _not_folded(graph, shapes)
+        section.shape_values_folded += folded
+        section.not_folded = _not_folded(graph, shapes)
         return bool(pinned) or folded > 0
 
 
-def _not_folded(graph: Graph, shapes: dict[str, Shape | None]) -> list[dict]:
+def _not_folded(graph: Graph, shapes: dict[str, Shape | None]) -> list[NotFolded]:
     """Why each remaining Shape/Size node stays: the dynamic dims its users actually read."""
     out = []
     for nid in graph.nodes_of_type("Shape") + graph.nodes_of_type("Size"):
@@ -469,7 +465,7 @@ def _not_folded(graph: Graph, shapes: dict[str, Shape | None]) -> list[dict]:
                     parts.append(f"dim{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))} "
                                  "(unknown to shape inference)")
                 reason = f"{node.op_type} of '{x}' depends on " + " and ".join(parts)
-        out.append({"node": node.name or node.output[0], "value": node.output[0], "reason": reason})
+        out.append(NotFolded(node.name or node.output[0], node.output[0], reason))
     return out
 
 

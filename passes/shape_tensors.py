@@ -27,7 +27,8 @@ from onnx import TensorProto
 from fuser.graph import Graph, attribute
 
 from .constant_folding import constant_region, run_ort, run_reference, tiny_model
-from .shape_inference import MAX_TRACKED, ShapeValue, folding_section, infer_shapes, propagate
+from .sections import FoldingSection
+from .shape_inference import MAX_TRACKED, ShapeValue, infer_shapes, propagate
 
 INT_ELEMS = (TensorProto.INT64, TensorProto.INT32)
 START_OPS = ("Reshape", "Unsqueeze")
@@ -67,7 +68,7 @@ class ShapeTensorRewrite:
         # values constant folding will compute: wait for them rather than call them dynamic
         self._pending = {o for nid in constant_region(graph) for o in graph.node(nid).output}
         refs = graph.subgraph_refs()
-        section = folding_section(ctx.report)
+        section = ctx.report.section(FoldingSection)
         chains = targets = 0
         for nid in starts:
             if nid in graph:
@@ -84,8 +85,8 @@ class ShapeTensorRewrite:
                 targets += 1
             else:
                 self._failed.add(key)
-        section["nd_shape_chains_rewritten"] = section.get("nd_shape_chains_rewritten", 0) + chains
-        section["reshape_targets_rewritten"] = section.get("reshape_targets_rewritten", 0) + targets
+        section.nd_shape_chains_rewritten += chains
+        section.reshape_targets_rewritten += targets
         return bool(chains or targets)
 
     # ------------------------------------------------------------ ND chains

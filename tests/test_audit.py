@@ -16,7 +16,9 @@ from onnx import TensorProto, helper
 from fuser.audit import Expectations, check, parse_expectation
 from fuser.cli import main
 from fuser.errors import UsageError
-from fuser.report_formats import check_schema
+from fuser.report import ModelSummary, Report
+from fuser.rule import Fusion
+from test_report_formats import check_schema
 
 F = TensorProto.FLOAT
 
@@ -136,8 +138,9 @@ def test_expectation_parsing_and_rule_names():
     assert str(parse_expectation("hswish=2")) == "hswish==2"
     with pytest.raises(UsageError):
         parse_expectation("layernorm")
-    report = {"fusion_counts": {"hswish": 2}, "fusions": [{"rule": "hardswish", "family": "hswish"}] * 2,
-              "output": {"ops": {"HardSwish": 2}}, "rules": {}}
+    fusion = Fusion("hardswish", "hswish", "hardswish@h", "div", ["div"], ["h"], ["HardSwish"])
+    report = Report(fusion_counts={"hswish": 2}, fusions=[fusion] * 2,
+                    output=ModelSummary(None, None, None, 14, 2, {"HardSwish": 2}))
     checks = check(report, Expectations.from_cli(["hardswish>1", "hswish!=2"], ["HardSwish"]))
     assert [c.passed for c in checks] == [True, False, False]
 
@@ -241,7 +244,7 @@ MISTYPED = [
     ("validation.status", None, "validation.status"), ("validation.summary", 5, "validation.summary"),
     ("output.ops", None, "output.ops"), ("output.ops", [], "output.ops"), ("output.ops", {"Pow": "1"}, "output.ops.Pow"),
     ("input", [], "input"), ("input.path", 5, "input.path"),
-    ("fusions", None, "fusions"), ("fusions", [1], "fusions[0]"), ("fusions", [{"rule": []}], "fusions[0]"),
+    ("fusions", None, "fusions"), ("fusions", [1], "fusions[0]"), ("fusions", [{"rule": []}], "fusions[0].rule"),
     ("near_misses", None, "near_misses"), ("near_misses", [{}], "near_misses[0]"),
     ("rules", None, "rules"), ("rules", [], "rules"), ("rules.hardswish", None, "rules.hardswish"),
     ("build", "x", "build"), ("build", {"warnings": None}, "build.warnings"),

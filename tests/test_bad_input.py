@@ -1,5 +1,17 @@
-"""Every bad input: one clear line on stderr, the documented exit code, no traceback, nothing written,
-and the input byte-for-byte unchanged."""
+"""Every bad input, and the paths that would destroy one: one clear line on stderr, the documented exit code,
+no traceback, nothing written, the input byte-for-byte unchanged.
+
+    model files       missing, empty, garbage, truncated, not a model, a directory, unreadable, cyclic, duplicate
+                      names, an opset nothing runs, an empty graph
+    external data     missing, outside the model's folder, a symlink out, truncated, malformed entries, over 2 GB
+                      without --no-external-data
+    output paths      onto the input or its data files, a directory, a missing folder
+    options           an unknown rule, a target opset out of range
+
+Exit codes themselves are tests/test_exit_codes.py.
+"""
+
+from __future__ import annotations
 
 import hashlib
 import os
@@ -13,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto as T, helper, numpy_helper
 
+import fuser
 from fuser.cli import main
 
 from builders import make_model
@@ -193,3 +206,189 @@ def test_real_process_prints_one_line_and_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("fuser: error:")
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def folder_digest(folder: Path) -> dict:
+    return {p.name: digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def external_model(folder: Path, name="model.onnx", location="model.onnx.data") -> Path:
+    model = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [("x", F, [1024])], [("y", F, [1024])],
+                       [("w", np.arange(1024, dtype=np.float32))])
+    path = folder / name
+    onnx.save(model, path, save_as_external_data=True, location=location, size_threshold=0)
+    return path
+
+
+def raw_external_model(folder: Path, entries, dims=(4,)) -> Path:
+    """A model whose weight `w` has exactly these external_data entries (as a hostile file could)."""
+    tensor = onnx.TensorProto(name="w", data_type=F, dims=list(dims), data_location=T.EXTERNAL)
+    for k, v in entries:
+        e = tensor.external_data.add()
+        e.key, e.value = k, v
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", F, list(dims))],
+                              [helper.make_tensor_value_info("y", F, list(dims))], [tensor])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = folder / "raw.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+# ------------------------------------------------------------------------------ paths
+def test_optimize_a_directory(tmp_path):
+    d = tmp_path / "dir.onnx"
+    d.mkdir()
+    (d / "inside.onnx").write_bytes(small_model().SerializeToString())
+    result = CliRunner().invoke(main, ["optimize", str(d), "-o", str(tmp_path / "out.onnx")])
+    expect_error(result, 2, "is a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.onnx"] and len(list(d.iterdir())) == 1
+
+
+def test_output_is_a_directory(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(small_model(), p)
+    target = tmp_path / "outdir"
+    target.mkdir()
+    before = digest(p)
+    result = CliRunner().invoke(main, ["optimize", str(p), "-o", str(target)])
+    expect_error(result, 2, "is a directory")
+    assert list(target.iterdir()) == [] and digest(p) == before
+    assert not [q for q in tmp_path.iterdir() if q.name.endswith(".tmp")], "a temporary file was left"
+
+
+def test_output_folder_does_not_exist(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(small_model(), p)
+    result = CliRunner().invoke(main, ["optimize", str(p), "-o", str(tmp_path / "nope" / "o.onnx")])
+    expect_error(result, 2, "does not exist")
+    assert not (tmp_path / "nope").exists()
+
+
+def test_report_path_is_a_directory(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(small_model(), p)
+    (tmp_path / "r").mkdir()
+    result = CliRunner().invoke(main, ["optimize", str(p), "-o", str(tmp_path / "o.onnx"), "--report",
+                                       str(tmp_path / "r")])
+    assert result.exit_code == 2 and "directory" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(small_model(), p)
+    p.chmod(0)
+    try:
+        result = run_cli(tmp_path, p)
+        assert result.exit_code in (1, 2) and "Traceback" not in result.output
+    finally:
+        p.chmod(0o644)
+
+
+# ------------------------------------------------------------------------------ external data
+def test_truncated_external_data_file(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    path = external_model(src)
+    with open(src / "model.onnx.data", "r+b") as f:
+        f.truncate(1000)  # declared: 4096 bytes
+    before = folder_digest(src)
+    expect_error(run_cli(tmp_path, path), 1, "runs past the end", "model.onnx.data", "truncated")
+    assert folder_digest(src) == before
+
+
+@pytest.mark.parametrize("entries, fragment", [
+    ([("location", "w.bin"), ("offset", "abc"), ("length", "16")], "offset 'abc', not an integer"),
+    ([("location", "w.bin"), ("offset", "0"), ("length", "1e3")], "length '1e3', not an integer"),
+    ([("location", "w.bin"), ("offset", "-8"), ("length", "16")], "negative offset"),
+    ([("location", "w.bin"), ("offset", "0"), ("length", "8")], "is 8 bytes but"),
+    ([("location", "w.bin"), ("offset", "16")], "is 48 bytes but"),  # no length: to the end of the file
+    ([("location", "w.bin\0../../etc/passwd")], "NUL byte"),
+    ([("location", "sub")], "missing"),  # a folder, not a file
+], ids=["offset-not-int", "length-not-int", "negative-offset", "too-short-for-shape", "too-long-to-eof",
+        "nul-byte", "location-is-a-folder"])
+def test_malformed_external_data_entries(tmp_path, entries, fragment):
+    """Untrusted external-data metadata is a model error with its reason, never an internal error."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "w.bin").write_bytes(b"\0" * 64)
+    (src / "sub").mkdir()
+    path = raw_external_model(src, entries)
+    before = folder_digest(src)
+    expect_error(run_cli(tmp_path, path), 1, fragment)
+    assert folder_digest(src) == before
+
+
+def test_output_onto_the_inputs_external_data_file_is_refused(tmp_path):
+    """Writing OUT over the input's weights file would modify the input: refused."""
+    src = tmp_path / "src"
+    src.mkdir()
+    path = external_model(src, location="weights.bin")
+    before = folder_digest(src)
+    result = CliRunner().invoke(main, ["optimize", str(path), "-o", str(src / "weights.bin")])
+    expect_error(result, 2, "one of the input's files")
+    assert folder_digest(src) == before
+
+
+def test_output_data_file_colliding_with_the_inputs_is_refused(tmp_path):
+    """OUT.data would replace the input's data file (input saved with location 'out.onnx.data')."""
+    src = tmp_path / "src"
+    src.mkdir()
+    path = external_model(src, location="out.onnx.data")
+    before = folder_digest(src)
+    result = CliRunner().invoke(main, ["optimize", str(path), "-o", str(src / "out.onnx"), "--external-data"])
+    expect_error(result, 2, "out.onnx.data", "one of the input's files")
+    assert folder_digest(src) == before
+    assert not (src / "out.onnx").exists()
+
+
+def test_over_2gb_without_external_data_leaves_nothing_and_touches_nothing(tmp_path):
+    """The refusal of tests/test_external_data.py, with the rest of the bad-input contract checked."""
+    n = (2**31 + 2**26) // 4
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "big.bin", "wb") as f:
+        f.truncate(n * 4)  # sparse: costs no disk
+    path = raw_external_model(src, [("location", "big.bin"), ("offset", "0"), ("length", str(n * 4))], dims=(n,))
+    stat = (src / "big.bin").stat()
+    graph_bytes = path.read_bytes()
+    # refused before any work: validation never runs onnxruntime on the 2 GB of weights
+    expect_error(run_cli(tmp_path, path, "--no-external-data"), 2, "2 GB")
+    after = (src / "big.bin").stat()
+    assert (after.st_size, after.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns) and path.read_bytes() == graph_bytes
+
+
+def test_external_data_model_is_checked_from_any_working_directory(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    path = external_model(src)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _, report = fuser.optimize(path)
+    assert not [w for w in report.warnings if "onnx.checker" in w], report.warnings
+
+
+# ------------------------------------------------------------------------------ graphs
+def test_empty_graph(tmp_path):
+    graph = helper.make_graph([], "g", [], [])
+    p = tmp_path / "empty_graph.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), p)
+    expect_error(run_cli(tmp_path, p), 1, "holds no ONNX graph")
+
+
+def test_graph_without_nodes_is_fine(tmp_path):
+    """Not a bad input: output = input, no nodes. fuser writes it back unchanged (exit 0)."""
+    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("x", F, [2])],
+                              [helper.make_tensor_value_info("x", F, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    p, out = tmp_path / "identity.onnx", tmp_path / "identity.opt.onnx"
+    onnx.save(model, p)
+    result = CliRunner().invoke(main, ["optimize", str(p), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    assert len(written.graph.node) == 0 and [o.name for o in written.graph.output] == ["x"]

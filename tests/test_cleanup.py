@@ -47,7 +47,7 @@ def test_cse_merges_duplicate_chains_in_one_sweep():
                        [("i0", np.array(0)), ("axes", np.array([0]))])
     optimized, report = clean(model, [CommonSubexpressionElimination(), DeadCodeElimination()])
     assert ops(optimized) == ["Shape", "Gather", "Unsqueeze", "Concat", "Expand", "Add", "Mul"]
-    assert report.passes["cse"].modified == 1 and report.extra["cleanup"]["cse_merged"] == 4
+    assert report.passes["cse"].modified == 1 and report.sections["cleanup"].cse_merged == 4
 
 
 def test_cse_keeps_random_ops_and_different_attributes_apart():
@@ -87,7 +87,7 @@ def test_identity_dropout_cast_chain_is_removed():
              helper.make_node("Exp", ["c"], ["y"])]
     optimized, report = clean(unary(["N", 4], nodes))
     assert ops(optimized) == ["Relu", "Exp"]
-    assert report.extra["cleanup"]["noop_removed"] == {"Identity": 1, "Dropout": 1, "Cast": 1}
+    assert report.sections["cleanup"].noop_removed == {"Identity": 1, "Dropout": 1, "Cast": 1}
 
 
 def test_identity_feeding_a_graph_output_keeps_the_output_name():
@@ -182,7 +182,7 @@ def test_transpose_expand_tile_pad_concat_identities():
     inits = [("one_three", np.array([1, 3])), ("ones", np.array([1, 1])), ("zeros", np.zeros(4, np.int64))]
     optimized, report = clean(unary(["N", 3], nodes, inits, out_shape=[3, "N"]))
     assert ops(optimized) == ["Transpose"]
-    assert sum(report.extra["cleanup"]["noop_removed"].values()) == 5
+    assert sum(report.sections["cleanup"].noop_removed.values()) == 5
 
 
 def test_expand_that_broadcasts_stays():
@@ -210,8 +210,8 @@ def test_duplicate_initializers_merge_by_content():
     model = unary(["N", 4], nodes, inits, out_shape=[1, "N", 4])
     optimized, report = clean(model, [InitializerDedup(), DeadCodeElimination()])
     assert sorted(t.name for t in optimized.graph.initializer) == ["w1", "w3", "w4"]
-    assert report.extra["cleanup"]["initializers_merged"] == 1
-    assert report.extra["cleanup"]["initializer_bytes_saved"] == 64
+    assert report.sections["cleanup"].initializers_merged == 1
+    assert report.sections["cleanup"].initializer_bytes_saved == 64
 
 
 def test_duplicate_initializer_near_misses():

@@ -52,9 +52,9 @@ def test_constant_subgraph_folds_and_keeps_its_name():
     assert optimized.graph.node[0].input[1] == "w_scaled"  # the folded value keeps its name
     np.testing.assert_array_equal(initializers(optimized)["w_scaled"], w.T * 0.5)
     assert "w" not in initializers(optimized)  # the unfolded weight is gone
-    folding = report.extra["folding"]
-    assert folding["folded"] == 3 and folding["skipped"] == []
-    assert folding["bytes_added"] == -8  # 24 bytes of w_scaled replace the 24 of w and the 8 of a double 0.5
+    folding = report.sections["folding"]
+    assert folding.folded == 3 and folding.skipped == []
+    assert folding.bytes_added == -8  # 24 bytes of w_scaled replace the 24 of w and the 8 of a double 0.5
     assert_same(model, optimized, feeds_at([(1, 3), (4, 3)]), rtol=1e-6)  # MatMul prepacks a constant B
 
 
@@ -66,14 +66,14 @@ def test_large_constant_of_shape_stays_an_op_and_is_reported():
     model = make_model(nodes, [("x", TP.FLOAT, ["N", 1024, 1024])], [("y", TP.FLOAT, ["N", 1024, 1024])])
     optimized, report = fuser.optimize(model, validate=False)
     assert ops(optimized) == ["Constant", "ConstantOfShape", "Add"]
-    [skipped] = report.extra["folding"]["skipped"]
-    assert skipped["op"] == "ConstantOfShape"
-    assert "(4194304 bytes) exceeds the fold budget of 1048576 bytes" in skipped["reason"]
-    assert report.extra["folding"]["bytes_added"] == 0
+    [skipped] = report.sections["folding"].skipped
+    assert skipped.op == "ConstantOfShape"
+    assert "(4194304 bytes) exceeds the fold budget of 1048576 bytes" in skipped.reason
+    assert report.sections["folding"].bytes_added == 0
     # asked for: a bigger budget folds it
     folded, report = fuser.optimize(model, validate=False, fold_budget_bytes=8 << 20)
     # net: 4 MiB added, the 16-byte shape constant freed
-    assert ops(folded) == ["Add"] and report.extra["folding"]["bytes_added"] == (4 << 20) - 16
+    assert ops(folded) == ["Add"] and report.sections["folding"].bytes_added == (4 << 20) - 16
 
 
 def test_large_expand_stays_but_its_small_inputs_fold():
@@ -86,7 +86,7 @@ def test_large_expand_stays_but_its_small_inputs_fold():
     optimized, report = fuser.optimize(model, validate=False)
     assert ops(optimized) == ["Constant", "Expand", "Add"]
     assert initializers(optimized)["shape"].tolist() == [512, 1024]
-    assert [s["op"] for s in report.extra["folding"]["skipped"]] == ["Expand"]
+    assert [s.op for s in report.sections["folding"].skipped] == ["Expand"]
     assert_same(model, optimized, feeds_at([(512, 1024)]))
 
 
@@ -110,9 +110,9 @@ def test_unevaluable_node_is_skipped_and_reported_never_fatal(monkeypatch):
     model = make_model(nodes, [("x", TP.FLOAT, [2])], [("y", TP.FLOAT, [2])])
     optimized, report = fuser.optimize(model, validate=False)
     assert "Neg" in ops(optimized) and "Exp" in ops(optimized) and "Sqrt" not in ops(optimized)
-    [skipped] = report.extra["folding"]["skipped"]
-    assert skipped["op"] == "Neg"
-    assert "cannot be evaluated" in skipped["reason"] and "NOT_IMPLEMENTED" in skipped["reason"]
+    [skipped] = report.sections["folding"].skipped
+    assert skipped.op == "Neg"
+    assert "cannot be evaluated" in skipped.reason and "NOT_IMPLEMENTED" in skipped.reason
     assert_same(model, optimized, [{"x": np.array([1.0, -1.0], np.float32)}])
 
 
@@ -169,7 +169,7 @@ def test_static_dims_fold_with_a_dynamic_batch():
     optimized, report = fuser.optimize(model, validate=False)
     assert ops(optimized) == ["Reshape"]
     assert initializers(optimized)[optimized.graph.node[0].input[1]].tolist() == [0, 3, 64]
-    assert report.extra["folding"]["not_folded"] == []
+    assert report.sections["folding"].not_folded == []
     assert_same(model, optimized, feeds_at([(1, 3, 8, 8), (2, 3, 8, 8), (5, 3, 8, 8)]))
 
 
@@ -198,8 +198,8 @@ def test_dynamic_height_width_keep_their_chain_and_say_why():
     # Gather(Shape(x), 1) = 3 is static: ConstantOfShape([3]) of 12 bytes folds away
     assert "ConstantOfShape" not in ops(optimized) and "Gather" not in ops(optimized)
     assert ops(optimized).count("Shape") == 1 and "Resize" in ops(optimized)
-    [entry] = report.extra["folding"]["not_folded"]
-    assert entry["reason"] == "Shape of 'x' depends on dynamic dims 'H', 'N', 'W'"
+    [entry] = report.sections["folding"].not_folded
+    assert entry.reason == "Shape of 'x' depends on dynamic dims 'H', 'N', 'W'"
     assert_same(model, optimized, feeds_at([(1, 3, 4, 5), (2, 3, 8, 8), (1, 3, 1, 13)]))
 
 
@@ -213,7 +213,7 @@ def test_shape_start_end_attributes_opset_15():
     model = make_model(nodes, [("x", TP.FLOAT, ["N", 3, "H", "W"])], [("y", TP.FLOAT, [None])], opset=15)
     optimized, report = fuser.optimize(model, validate=False)
     assert ops(optimized) == ["Shape", "Cast", "Concat"]
-    assert report.extra["folding"]["not_folded"][0]["reason"] == "Shape of 'x' depends on dynamic dims 'H', 'W'"
+    assert report.sections["folding"].not_folded[0].reason == "Shape of 'x' depends on dynamic dims 'H', 'W'"
     assert_same(model, optimized, feeds_at([(1, 3, 4, 5), (2, 3, 6, 1), (4, 3, 2, 2)]))
 
 
@@ -222,8 +222,8 @@ def test_input_shape_pins_make_every_chain_static():
     optimized, report = fuser.optimize(model, validate=False, input_shapes={"x": (1, 3, 16, 16)})
     dims = [d.dim_value for d in optimized.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 16, 16]
-    assert "Shape" not in ops(optimized) and report.extra["folding"]["not_folded"] == []
-    assert report.extra["folding"]["pinned_dims"] == {"N": 1, "H": 16, "W": 16}
+    assert "Shape" not in ops(optimized) and report.sections["folding"].not_folded == []
+    assert report.sections["folding"].pinned_dims == {"N": 1, "H": 16, "W": 16}
     assert_same(model, optimized, feeds_at([(1, 3, 16, 16)]))
 
 
@@ -270,6 +270,6 @@ def test_folding_passes_alone_on_a_graph():
     optimized, report = fuser.optimize(model, validate=False,
                                        passes=[ShapeFolding(), ConstantFolding(), DeadCodeElimination()])
     assert [op for op in ops(optimized) if op != "Constant"] == ["Shape", "Gather", "Unsqueeze", "Concat", "Reshape"]
-    assert report.extra["folding"]["not_folded"][0]["reason"] == "Shape of 'x' depends on dynamic dim 'batch'"
+    assert report.sections["folding"].not_folded[0].reason == "Shape of 'x' depends on dynamic dim 'batch'"
     assert infer_shapes(Graph(from_proto(optimized)))["y"] == ["batch", 3, 64]
     assert_same(model, optimized, feeds_at([(1, 3, 8, 8), (3, 3, 8, 8)]))

@@ -628,7 +628,7 @@ def check_case(case: Case) -> None:
     try:
         optimized, report = fuser.optimize(case.model, Options(**case.options))
         assert case.model.SerializeToString() == before, "fuser modified the input ModelProto"
-        note(f"fusions: {report.fusion_counts()}")
+        note(f"fusions: {report.fusion_counts}")
         note(onnx.printer.to_text(optimized))
         onnx.checker.check_model(optimized, full_check=True)
         assert [o.name for o in optimized.graph.output] == [o.name for o in case.model.graph.output]
@@ -680,7 +680,7 @@ def test_generator_produces_valid_models_and_fires_rules():
             return
         seen_valid += 1
         _, report = fuser.optimize(case.model, Options(**case.options))
-        fired.update(report.fusion_counts())
+        fired.update(report.fusion_counts)
 
     probe()
     assert seen_valid >= 30, f"only {seen_valid}/40 generated models were valid: the generator needs fixing"

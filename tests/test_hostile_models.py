@@ -250,7 +250,7 @@ def test_ai_onnx_is_the_default_domain(node_domain):
     for node in model.graph.node:
         node.domain = node_domain
     optimized, report = fuser.optimize(model)
-    assert ops(optimized) == ["HardSwish"] and report.validation["status"] == "passed"
+    assert ops(optimized) == ["HardSwish"] and report.validation.status == "passed"
     assert _imports(optimized) == [("", 17)] or _imports(optimized) == [("ai.onnx", 17)], _imports(optimized)
     onnx.checker.check_model(optimized, full_check=True)
 
@@ -290,7 +290,7 @@ def test_local_functions_are_upgraded_with_the_graph(body):
     opset, nodes = FUNCTION_BODIES[body]
     model = _with_function(nodes, opset, opset)
     optimized, report = fuser.optimize(model)
-    assert "HardSwish" in ops(optimized) and report.validation["status"] == "passed", report.notes
+    assert "HardSwish" in ops(optimized) and report.validation.status == "passed", report.notes
     onnx.checker.check_model(optimized, full_check=True)
     function = optimized.functions[0]
     assert [(i.domain, i.version) for i in function.opset_import] == [("", optimized.opset_import[0].version)]
@@ -347,7 +347,7 @@ def test_an_upgrade_keeps_if_bodies_valid():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
     model.ir_version = 8
     optimized, report = fuser.optimize(model)
-    assert "HardSwish" in ops(optimized) and report.validation["status"] == "passed"
+    assert "HardSwish" in ops(optimized) and report.validation.status == "passed"
     onnx.checker.check_model(optimized, full_check=True)
 
 

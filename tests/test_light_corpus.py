@@ -85,7 +85,7 @@ def test_optimized_light_model_computes_the_stored_output(name):
         err = float(np.abs(a.astype(np.float64) - e).max())
         assert np.allclose(a, e, rtol=rtol, atol=ATOL), (
             f"{name} output {k} differs from {against} by up to {err:.3g} after fuser "
-            f"(fusions: {report.fusion_counts()})")
+            f"(fusions: {report.fusion_counts})")
 
 
 # ----------------------------------------------------------------------------------- golden

@@ -20,6 +20,7 @@ from fuser.cli import main
 from fuser.graph import attribute
 from fuser.passes import PrecisionPass
 from fuser.passes.dead_code import DeadCodeElimination
+from fuser.passes.precision import KeptFp32
 from builders import make_model, ops, run
 
 HIDDEN, HEADS, FFN, BATCH, SEQ = 64, 4, 128, 2, 8
@@ -133,7 +134,7 @@ def test_fused_encoder_converts_to_fp16_with_fp32_layernorm_statistics():
     model = encoder()
     optimized, report = fuser.optimize(model, precision="fp16")  # validation on: fp16 tolerances
     onnx.checker.check_model(optimized, full_check=True)
-    assert report.validation["status"] == "passed"
+    assert report.validation.status == "passed"
     lns = [n for n in optimized.graph.node if n.op_type == "LayerNormalization"]
     assert len(lns) == 4 and all(attribute(n, "stash_type") == 1 for n in lns)
     assert not {"ReduceMean", "Pow", "Sqrt"} & set(ops(optimized))
@@ -143,9 +144,9 @@ def test_fused_encoder_converts_to_fp16_with_fp32_layernorm_statistics():
     assert types["heads_shape"] == TensorProto.INT64  # integer tensors untouched
     assert [(n.input[0], n.output[0], attribute(n, "to")) for n in casts(optimized)] == [
         ("x", "x_fp16", FLOAT16), ("y_fp16", "y", FLOAT)]  # one Cast at each boundary
-    section = report.extra["precision"]
-    assert section["converted_initializers"] == sum(1 for t in model.graph.initializer if t.data_type == FLOAT)
-    assert (section["casts_inserted"], section["kept_fp32"], section["overflow_kept"]) == (2, [], [])
+    section = report.sections["precision"]
+    assert section.converted_initializers == sum(1 for t in model.graph.initializer if t.data_type == FLOAT)
+    assert (section.casts_inserted, section.kept_fp32, section.overflow_kept) == (2, [], [])
     assert report.passes["precision"].runs == 1  # a final pass: once, after the fixed point
     assert_close_to_fp32(model, optimized)
 
@@ -154,7 +155,7 @@ def test_fp16_io_converts_the_graph_inputs_and_outputs():
     model = encoder(layers=1)
     optimized, report = fuser.optimize(model, precision="fp16", fp16_io=True)  # validation feeds fp16 inputs
     onnx.checker.check_model(optimized, full_check=True)
-    assert report.validation["status"] == "passed"
+    assert report.validation.status == "passed"
     assert [v.type.tensor_type.elem_type for v in (*optimized.graph.input, *optimized.graph.output)] == [FLOAT16] * 2
     assert not casts(optimized) and FLOAT not in value_types(optimized).values()
     assert_close_to_fp32(model, optimized)
@@ -169,7 +170,7 @@ def test_the_pass_is_idempotent_and_fp32_leaves_the_graph_alone():
     assert (report.passes["precision"].runs, report.passes["precision"].modified) == (2, 1)
     assert twice == once
     same, report = fuser.optimize(model, validate=False, passes=[PrecisionPass()])  # precision fp32: a no-op
-    assert same.graph.initializer == model.graph.initializer and "precision" not in report.extra
+    assert same.graph.initializer == model.graph.initializer and "precision" not in report.sections
 
 
 # --------------------------------------------------- (b) TensorRT-RTX: no LayerNorm warning once fused
@@ -217,9 +218,9 @@ def test_keep_fp32_softmax_gets_exactly_one_cast_in_and_one_out():
         assert [n.op_type for n in consumers[cast_out.output[0]]] == ["MatMul"]
     assert len(casts(optimized)) == 2 * len(softmaxes) + 2  # + the graph input's and output's
     assert no_cast_pairs(optimized)
-    section = report.extra["precision"]
-    assert [(k["op"], k["reason"]) for k in section["kept_fp32"]] == [("Softmax", "keep-list")] * 2
-    assert section["casts_inserted"] == len(casts(optimized))
+    section = report.sections["precision"]
+    assert [(k.op, k.reason) for k in section.kept_fp32] == [("Softmax", "keep-list")] * 2
+    assert section.casts_inserted == len(casts(optimized))
     assert_close_to_fp32(model, optimized)
 
 
@@ -235,8 +236,8 @@ def test_keep_fp32_by_node_name_an_island_of_two_nodes_and_a_shared_constant():
     assert types[div.output[0]] == types[softmax.output[0]] == FLOAT and softmax.input[0] == div.output[0]
     assert types[by_name["l1_softmax"].output[0]] == FLOAT16
     assert len(casts(optimized)) == 2 + 2 and no_cast_pairs(optimized)
-    section = report.extra["precision"]
-    assert sorted(k["node"] for k in section["kept_fp32"]) == ["l0_scores", "l0_softmax"]
+    section = report.sections["precision"]
+    assert sorted(k.node for k in section.kept_fp32) == ["l0_scores", "l0_softmax"]
     assert types[div.input[1]] == FLOAT and types[by_name["l1_scores"].input[1]] == FLOAT16
     assert_close_to_fp32(model, optimized)
 
@@ -250,7 +251,7 @@ def test_a_constant_shared_by_a_kept_and_a_converted_node_is_copied_not_cast():
     onnx.checker.check_model(optimized, full_check=True)
     assert {t.name: t.data_type for t in optimized.graph.initializer} == {"k": FLOAT, "k_fp16": FLOAT16}
     assert [n.input[0] for n in casts(optimized)] == ["a", "y_fp16"]  # the kept Mul's output, and the output
-    assert report.extra["precision"]["fp16_copies"] == 1
+    assert report.sections["precision"].fp16_copies == 1
 
 
 # ------------------------------------------------------------------ (d) overflow
@@ -287,13 +288,13 @@ def test_an_initializer_beyond_fp16_range_stays_fp32_and_so_does_the_op_reading_
     assert not any(n.input[0] == "mask" for n in casts(optimized))  # never Cast to -inf
     assert [n.input[0] for n in casts(optimized)] == ["x", "xw", "masked", "y_fp16"]
     assert no_cast_pairs(optimized)
-    section = report.extra["precision"]
-    assert section["overflow_kept"] == ["mask"] and section["converted_initializers"] == 1
-    assert section["kept_fp32"] == [{"node": "add_mask", "op": "Add", "reason": "reads mask, beyond the fp16 range"}]
+    section = report.sections["precision"]
+    assert section.overflow_kept == ["mask"] and section.converted_initializers == 1
+    assert section.kept_fp32 == [KeptFp32("add_mask", "Add", "reads mask, beyond the fp16 range")]
     assert_close_to_fp32(model, optimized)
     fits, report = fuser.optimize(masked_softmax(-6e4), precision="fp16", validate=False)
     assert {t.data_type for t in fits.graph.initializer} == {FLOAT16}
-    assert report.extra["precision"]["overflow_kept"] == [] and len(casts(fits)) == 2
+    assert report.sections["precision"].overflow_kept == [] and len(casts(fits)) == 2
 
 
 def test_a_mul_form_mask_with_float_min_gives_no_nan():
@@ -301,7 +302,7 @@ def test_a_mul_form_mask_with_float_min_gives_no_nan():
     model = masked_softmax(float(np.finfo(np.float32).min), spelling="mul")
     optimized, report = fuser.optimize(model, precision="fp16", passes=[PrecisionPass()])
     onnx.checker.check_model(optimized, full_check=True)
-    assert report.extra["precision"]["overflow_kept"] == ["min"]
+    assert report.sections["precision"].overflow_kept == ["min"]
     keep = np.ones((1, HIDDEN), np.float32)
     keep[0, HIDDEN // 2:] = 0
     inputs = {**feeds(), "keep": keep}
@@ -340,10 +341,9 @@ def test_schema_typed_operands_cast_range_resize_and_constant_of_shape():
     assert types["half"] == FLOAT16
     assert attribute(by_name["cast_out"], "to") == FLOAT and by_name["cast_out"].output[0] == "y4"
     assert no_cast_pairs(optimized)
-    assert report.extra["precision"]["unmatched_keep_fp32"] == ["Sofmax"]
+    assert report.sections["precision"].unmatched_keep_fp32 == ["Sofmax"]
     assert any("--keep-fp32: no op type or node name Sofmax" in w for w in report.warnings)
-    assert report.extra["precision"]["kept_fp32"] == [{"node": "range", "op": "Range",
-                                                       "reason": "Range-11 has no float16 type"}]
+    assert report.sections["precision"].kept_fp32 == [KeptFp32("range", "Range", "Range-11 has no float16 type")]
     inputs = {"x4": np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)}
     for e, a in zip(run(model, inputs), run(optimized, inputs)):
         np.testing.assert_allclose(a, e, atol=1e-2 * max(1.0, np.abs(e).max()))

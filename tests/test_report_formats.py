@@ -1,5 +1,5 @@
-"""Report formats: the JSON follows its schema, Markdown shows before/after, JUnit and HTML render; near misses
-carry their reasons into every format."""
+"""Report formats, all rendered from the typed Report: the JSON follows its schema, Markdown shows before/after,
+JUnit and HTML render; near misses carry their reasons into every format."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from onnx import TensorProto, helper
 from test_validate import BROKEN, HSWISH, planted_model, planted_passes
 
 import fuser
-from fuser.audit import Expectations, check, section
+from fuser.audit import AuditSection, Expectations, check
 from fuser.passes import DeadCodeElimination, FusionPass
-from fuser.report import SCHEMA_VERSION
-from fuser.report_formats import check_schema, histogram_markdown, render, schema, to_json, to_junit, to_markdown
+from fuser.report import SCHEMA_VERSION, ModelSummary, Report, to_json
+from fuser.report.formats import histogram_markdown, render, to_junit, to_markdown
+from fuser.report.schema import checked_in
 
 F = TensorProto.FLOAT
 
@@ -53,44 +54,48 @@ CONSTS = [const("three", 3.0), const("zero", 0.0), const("six", 6.0)]
 
 
 @pytest.fixture(scope="module")
-def rolled_back_report() -> dict:
+def rolled_back_report() -> Report:
     _, report = fuser.optimize(planted_model(), passes=planted_passes())
-    d = report.to_dict()
-    d["audit"] = section(check(d, Expectations.from_cli(["hswish>=2", "broken>=3"], ["Pow"], max_error=1e-3)))
-    return d
+    expectations = Expectations.from_cli(["hswish>=2", "broken>=3"], ["Pow"], max_error=1e-3)
+    report.set_section(AuditSection.of(check(report, expectations)))
+    return report
+
+
+def check_schema(document: dict) -> None:
+    """Raise jsonschema.ValidationError when a JSON report does not follow the checked-in schema."""
+    jsonschema.validate(document, checked_in(), cls=jsonschema.Draft202012Validator)
 
 
 def test_schema_matches_report_version():
-    assert schema()["properties"]["schema_version"]["const"] == SCHEMA_VERSION
-    jsonschema.Draft202012Validator.check_schema(schema())
+    assert checked_in()["properties"]["schema_version"]["const"] == SCHEMA_VERSION
+    jsonschema.Draft202012Validator.check_schema(checked_in())
 
 
 def test_reports_validate_against_schema(rolled_back_report):
-    check_schema(rolled_back_report)
-    check_schema(json.loads(to_json(rolled_back_report)))
+    check_schema(to_json(rolled_back_report))
+    check_schema(json.loads(render(rolled_back_report, "json")))
     _, plain = fuser.optimize(layernorm_model())
-    check_schema(plain.to_dict())
+    check_schema(to_json(plain))
     _, unvalidated = fuser.optimize(layernorm_model(), validate=False)
-    check_schema(unvalidated.to_dict())
-    broken = dict(rolled_back_report, fusion_counts={"hswish": "two"})
+    check_schema(to_json(unvalidated))
+    broken = dict(to_json(rolled_back_report), fusion_counts={"hswish": "two"})
     with pytest.raises(jsonschema.ValidationError):
         check_schema(broken)
-    bad_status = json.loads(to_json(rolled_back_report))
+    bad_status = to_json(rolled_back_report)
     bad_status["validation"]["status"] = "ok"
     with pytest.raises(jsonschema.ValidationError):
         check_schema(bad_status)
 
 
 def test_json_has_no_nan():
-    text = to_json({"a": float("nan"), "b": [float("inf"), 1.5]})
-    assert json.loads(text) == {"a": None, "b": [None, 1.5]}
+    assert to_json({"a": float("nan"), "b": [float("inf"), 1.5]}) == {"a": None, "b": [None, 1.5]}
 
 
 def test_markdown_before_after_and_sections(rolled_back_report):
     md = to_markdown(rolled_back_report)
     assert "| | before | after |" in md
-    i, o = rolled_back_report["input"], rolled_back_report["output"]
-    assert f"| nodes | {i['nodes']} | {o['nodes']} |" in md and f"| opset | {i['opset']} | {o['opset']} |" in md
+    i, o = rolled_back_report.input, rolled_back_report.output
+    assert f"| nodes | {i.nodes} | {o.nodes} |" in md and f"| opset | {i.opset} | {o.opset} |" in md
     assert "### Op histogram" in md and "| `Clip` | 2 | 0 | -2 |" in md and "| `HardSwish` | 0 | 2 | +2 |" in md
     assert "### Validation: rolled-back" in md and "| `y` | float32 |" in md
     assert "**Rolled back** (2;" in md and "`broken_relu@r1` (broken_relu) replacing relu_b" in md
@@ -99,7 +104,9 @@ def test_markdown_before_after_and_sections(rolled_back_report):
 
 
 def test_histogram_bars():
-    md = histogram_markdown({"input": {"ops": {"Add": 4, "Mul": 2}}, "output": {"ops": {"Add": 1, "Gelu": 1}}})
+    report = Report(input=ModelSummary(None, None, None, 13, 6, {"Add": 4, "Mul": 2}),
+                    output=ModelSummary(None, None, None, 13, 2, {"Add": 1, "Gelu": 1}))
+    md = histogram_markdown(report)
     lines = md.splitlines()
     assert lines[2].startswith("| `Add` | 4 | 1 | -3 | `" + "█" * 20)
     assert "| `Gelu` | 0 | 1 | +1 |" in md and "| `Mul` | 2 | 0 | -2 |" in md
@@ -131,9 +138,9 @@ def test_html_and_render_dispatch(rolled_back_report):
 
 def near_misses(model, **options) -> tuple[list[dict], str, str]:
     _, report = fuser.optimize(model, **options)
-    d = report.to_dict()
+    d = to_json(report)
     check_schema(d)
-    return d["near_misses"], to_markdown(d), to_junit(d)
+    return d["near_misses"], to_markdown(report), to_junit(report)
 
 
 def test_near_miss_non_constant_eps():
@@ -164,5 +171,5 @@ def test_near_miss_opset_with_upgrades_disabled():
 
 def test_rolled_back_near_miss_reason():
     _, report = fuser.optimize(planted_model(), passes=[FusionPass([*HSWISH, BROKEN]), DeadCodeElimination()])
-    reasons = {m["at"]: m["reason"] for m in report.to_dict()["near_misses"]}
+    reasons = {m.at: m.reason for m in report.near_misses}
     assert reasons["relu_b"] == "rolled back: this instance changed the outputs in validation"

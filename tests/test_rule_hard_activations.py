@@ -1,9 +1,9 @@
 """HardSwish and HardSigmoid: one test per exporter spelling, one per near miss that must not fire.
 
-Spellings (FINDINGS.md, issue 3): `x * relu6(x + 3) / 6` with the Mul on either side and the Div before or
-after it, `* (1/6)` instead of `/ 6`, relu6 as Clip / Min(Relu, 6) / Min(Max(0), 6) / Max(Min(6), 0),
-`x * HardSigmoid(x, 1/6, 0.5)` (PyTorch at opset <= 13); Clip bounds as attributes (opset 7-10) or inputs
-(>= 11); constants as initializers or Constant nodes, rank 0 or [1]; fp32 and fp16.
+Spellings the exporters emit (torch, HF; benchmarks/patterns.py counts them independently): `x * relu6(x + 3) / 6`
+with the Mul on either side and the Div before or after it, `* (1/6)` instead of `/ 6`, relu6 as Clip / Min(Relu, 6) /
+Min(Max(0), 6) / Max(Min(6), 0), `x * HardSigmoid(x, 1/6, 0.5)` (PyTorch at opset <= 13); Clip bounds as attributes
+(opset 7-10) or inputs (>= 11); constants as initializers or Constant nodes, rank 0 or [1]; fp32 and fp16.
 """
 
 import numpy as np

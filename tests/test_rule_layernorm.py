@@ -1,11 +1,12 @@
 """LayerNorm -> LayerNormalization: one test per exporter spelling, one per near miss that must not fire.
 
-Spellings (FINDINGS.md, issue 3): `ReduceMean -> Sub -> Pow(2) | Mul(d, d) -> ReduceMean -> Add(eps) -> Sqrt
--> Div | Mul(Reciprocal) | Mul(Div(1, .)) -> Mul(γ) -> Add(β)`, ReduceMean axes as attribute (opset <= 17)
-and input (>= 18); no γ, no β, neither; γ = 1 / β = 0; fp32, fp16, bf16; mixed precision with the cast
-back before the affine (HF) or after it (autocast), one or two Cast nodes in front; several trailing
-axes (negative or positive); eps/exponent as Constant nodes or initializers, rank 0 or [1]; ConvNeXt's
-channels-first LN between Transposes. Numerics: onnxruntime with its optimizer off (builders.run).
+Spellings the exporters emit (torch, HF; benchmarks/patterns.py counts them independently):
+`ReduceMean -> Sub -> Pow(2) | Mul(d, d) -> ReduceMean -> Add(eps) -> Sqrt -> Div | Mul(Reciprocal) | Mul(Div(1, .))
+-> Mul(γ) -> Add(β)`, ReduceMean axes as attribute (opset <= 17) and input (>= 18); no γ, no β, neither; γ = 1 /
+β = 0; fp32, fp16, bf16; mixed precision with the cast back before the affine (HF) or after it (autocast), one or two
+Cast nodes in front; several trailing axes (negative or positive); eps/exponent as Constant nodes or initializers,
+rank 0 or [1]; ConvNeXt's channels-first LN between Transposes. Numerics: onnxruntime with its optimizer off
+(builders.run).
 """
 
 import ml_dtypes

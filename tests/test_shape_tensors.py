@@ -110,7 +110,7 @@ def test_pad_idiom_leaves_no_2d_shape_tensor(opset, rank_from_size):
     assert "Transpose" not in ops(optimized) and "Slice" not in ops(optimized)
     assert ops(optimized).count("Reshape") == 0 and ops(optimized).count("Gather") == 3  # h, w, the permutation
     assert "ConstantOfShape" not in ops(optimized) and ops(optimized).count("Shape") == 1  # Shape(pad) folded
-    assert report.extra["folding"]["nd_shape_chains_rewritten"] == 1
+    assert report.sections["folding"].nd_shape_chains_rewritten == 1
     assert_same_outputs(model, optimized, [(1, 3, 30, 45), (2, 3, 64, 64), (3, 3, 33, 1), (1, 3, 7, 97)])
 
 
@@ -173,7 +173,7 @@ def test_reshape_target_gets_copy_placeholders():
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in optimized.graph.initializer}
     target = inits[optimized.graph.node[0].input[1]]
     assert target.tolist() == [0, 0, 12, 64]
-    assert report.extra["folding"]["reshape_targets_rewritten"] == 1
+    assert report.sections["folding"].reshape_targets_rewritten == 1
     assert_same_outputs(model, optimized, [(1, 5, 768), (2, 7, 768), (3, 1, 768)])
 
 

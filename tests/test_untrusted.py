@@ -110,7 +110,7 @@ def test_payloads_in_a_model_are_plain_data(tmp_path):
     assert live.exists()
 
     model, report = fuser.optimize(path)  # library, validation on (it runs the model in onnxruntime)
-    assert report.fusion_counts().get("hsigmoid") == 1
+    assert report.fusion_counts.get("hsigmoid") == 1
     out = tmp_path / "out" / "hostile.opt.onnx"
     out.parent.mkdir()
     proc = subprocess.run([sys.executable, "-m", "fuser", "optimize", str(path), "-o", str(out),

@@ -60,25 +60,25 @@ def test_validation_passes_with_statistics():
     optimized, report = fuser.optimize(model)
     assert ops(optimized) == ["HardSwish"]
     v = report.validation
-    assert v["status"] == "passed" and v["summary"].startswith("passed: 1 output") and v["rolled_back"] == []
-    assert v["shapes"] == [{"x": [1, 8]}] and v["provider"] == "cpu" and v["device"] == "CPUExecutionProvider"
-    stats = v["outputs"]["h0"]
+    assert v.status == "passed" and v.summary.startswith("passed: 1 output") and v.rolled_back == []
+    assert v.shapes == [{"x": [1, 8]}] and v.provider == "cpu" and v.device == "CPUExecutionProvider"
+    stats = v.outputs["h0"]
     for key in ("max_abs", "mean_abs", "median_abs", "p99_abs", "max_rel", "mean_rel", "median_rel", "p99_rel",
                 "cosine", "nan", "inf", "atol", "rtol", "mismatches"):
-        assert key in stats, key
-    assert stats["passed"] and stats["max_abs"] < 1e-6 and stats["cosine"] > 0.999999
-    assert stats["atol"] == stats["rtol"] == 1e-4 and stats["nan"] == {"reference": 0, "optimized": 0}
+        assert getattr(stats, key) is not None, key
+    assert stats.passed and stats.max_abs < 1e-6 and stats.cosine > 0.999999
+    assert stats.atol == stats.rtol == 1e-4 and (stats.nan.reference, stats.nan.optimized) == (0, 0)
 
 
 def test_planted_wrong_rewrite_is_rolled_back_exactly():
     model = planted_model()
     optimized, report = fuser.optimize(model, passes=planted_passes())
     v = report.validation
-    assert v["status"] == "rolled-back"
-    culprits = {r["key"]: r for r in v["rolled_back"]}
+    assert v.status == "rolled-back"
+    culprits = {r.key: r for r in v.rolled_back}
     assert set(culprits) == {"broken_relu@r0", "broken_relu@r1"}  # relu_exp's rewrite was right and stays
-    assert culprits["broken_relu@r0"]["replaced"] == ["relu_a"] and culprits["broken_relu@r0"]["rule"] == "broken_relu"
-    assert "output 'y'" in culprits["broken_relu@r1"]["effect"]
+    assert culprits["broken_relu@r0"].replaced == ["relu_a"] and culprits["broken_relu@r0"].rule == "broken_relu"
+    assert "output 'y'" in culprits["broken_relu@r1"].effect
     kept = {f.key for f in report.fusions}
     assert kept == {"hardswish@h0", "hardswish@h1", "broken_relu@re"}
     assert sorted(ops(optimized)) == sorted(["HardSwish", "HardSwish", "Relu", "Relu", "Exp", "Abs", "Add", "Add"])
@@ -87,9 +87,9 @@ def test_planted_wrong_rewrite_is_rolled_back_exactly():
     assert any("broken_relu@r1" in w and "relu_b" in w for w in report.warnings)
     reasons = {m.at: m.reason for m in report.near_misses if m.rule == "broken_relu"}
     assert reasons["relu_a"].startswith("rolled back") and reasons["relu_b"].startswith("rolled back")
-    assert v["bisection"]["trials"] <= 8 and v["first_attempt"]["failed_outputs"]["y"]["passed"] is False
-    assert v["outputs"]["y"]["passed"]
-    assert report.options["disabled"] == []  # the user's options: rerunning them redoes the rollback
+    assert v.bisection.trials <= 8 and v.first_attempt.failed_outputs["y"].passed is False
+    assert v.outputs["y"].passed
+    assert report.options.disabled == frozenset()  # the user's options: rerunning them redoes the rollback
 
 
 def test_many_rewrites_one_culprit_costs_few_trials():
@@ -108,16 +108,16 @@ def test_many_rewrites_one_culprit_costs_few_trials():
     model = make_model(nodes, [("x", F, [4, 4])], [("y", F, [4, 4])], opset=14)
     _, report = fuser.optimize(model, passes=[FusionPass([BROKEN]), DeadCodeElimination()])
     v = report.validation
-    assert [r["key"] for r in v["rolled_back"]] == ["broken_relu@bad"]
-    assert len(report.fusions) == 20 and v["bisection"]["trials"] <= 12
+    assert [r.key for r in v.rolled_back] == ["broken_relu@bad"]
+    assert len(report.fusions) == 20 and v.bisection.trials <= 12
 
 
 def test_strict_fails_instead_of_rolling_back():
     with pytest.raises(ValidationFailed, match=r"--strict.*output 'y'") as info:
         fuser.optimize(planted_model(), passes=planted_passes(), strict=True)
     assert isinstance(info.value, ModelError)
-    assert info.value.report.validation["status"] == "failed"
-    assert info.value.report.validation["outputs"]["y"]["passed"] is False
+    assert info.value.report.validation.status == "failed"
+    assert info.value.report.validation.outputs["y"].passed is False
 
 
 class BreakRelu:
@@ -152,7 +152,7 @@ def test_optimize_file_writes_nothing_when_validation_fails(tmp_path):
         fuser.optimize_file(src, dst, fuser.Options(strict=True), passes=planted_passes())
     assert not dst.exists()
     report = fuser.optimize_file(src, dst, passes=planted_passes())
-    assert dst.exists() and report.validation["status"] == "rolled-back"
+    assert dst.exists() and report.validation.status == "rolled-back"
 
 
 def test_validation_off_and_skipped():
@@ -164,7 +164,7 @@ def test_validation_off_and_skipped():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14), helper.make_opsetid("com.example", 1)])
     model.ir_version = 8
     _, report = fuser.optimize(model)
-    assert report.validation["status"] == "skipped" and "cannot load the model" in report.validation["summary"]
+    assert report.validation.status == "skipped" and "cannot load the model" in report.validation.summary
     assert any(w.startswith("validation skipped") for w in report.warnings)
     with pytest.raises(ValidationFailed, match="could not run"):
         fuser.optimize(model, strict=True)
@@ -175,28 +175,28 @@ def test_validation_off_and_skipped():
 def test_compare_tolerance_scales_with_reference():
     ref = np.array([1000.0, 1e-3, 0.0], dtype=np.float32)
     ok = compare([ref], [ref + np.array([0.05, 5e-5, 5e-5], dtype=np.float32)], atol=1e-4, rtol=1e-4)
-    assert ok["passed"] and ok["max_abs"] == pytest.approx(0.05, rel=1e-3)  # 0.05 <= 1e-4 + 1e-4 * 1000
+    assert ok.passed and ok.max_abs == pytest.approx(0.05, rel=1e-3)  # 0.05 <= 1e-4 + 1e-4 * 1000
     # atol is relative to the output's scale (its largest magnitude): near zero in an output reaching 1000,
     # 2e-4 is rounding noise; in an output of scale 1 it is a mismatch
-    assert compare([ref], [ref + np.array([0.0, 0.0, 2e-2], dtype=np.float32)], atol=1e-4, rtol=1e-4)["passed"]
+    assert compare([ref], [ref + np.array([0.0, 0.0, 2e-2], dtype=np.float32)], atol=1e-4, rtol=1e-4).passed
     small = np.array([1.0, 1e-3, 0.0], dtype=np.float32)
     bad = compare([small], [small + np.array([0.0, 0.0, 2e-4], dtype=np.float32)], atol=1e-4, rtol=1e-4)
-    assert not bad["passed"] and bad["mismatches"] == 1 and bad["worst"]["index"] == 2 and bad["scale"] == 1.0
-    assert bad["max_rel"] == 0.0  # relative error is over elements where the reference is nonzero
+    assert not bad.passed and bad.mismatches == 1 and bad.worst.index == 2 and bad.scale == 1.0
+    assert bad.max_rel == 0.0  # relative error is over elements where the reference is nonzero
 
 
 def test_compare_nan_inf_and_integers():
     ref = np.array([np.nan, np.inf, 1.0], dtype=np.float32)
     same = compare([ref], [ref.copy()], 1e-4, 1e-4)
-    assert same["passed"] and same["nan"] == {"reference": 1, "optimized": 1} and same["inf"]["reference"] == 1
+    assert same.passed and (same.nan.reference, same.nan.optimized) == (1, 1) and same.inf.reference == 1
     new_nan = compare([ref], [np.array([np.nan, np.inf, np.nan], dtype=np.float32)], 1e-4, 1e-4)
-    assert not new_nan["passed"] and new_nan["nan"] == {"reference": 1, "optimized": 2}
+    assert not new_nan.passed and (new_nan.nan.reference, new_nan.nan.optimized) == (1, 2)
     ints = compare([np.array([1, 2, 3])], [np.array([1, 2, 4])], 0.0, 0.0)
-    assert not ints["passed"] and ints["mismatches"] == 1
+    assert not ints.passed and ints.mismatches == 1
     shape = compare([np.zeros((2, 3))], [np.zeros((3, 2))], 1.0, 1.0)
-    assert not shape["passed"] and "shape" in shape["error"]
+    assert not shape.passed and "shape" in shape.error
     cos = compare([np.array([1.0, 0.0])], [np.array([0.0, 1.0])], 10.0, 0.0)
-    assert cos["passed"] and cos["cosine"] == 0.0
+    assert cos.passed and cos.cosine == 0.0
 
 
 def test_per_output_and_global_tolerances():
@@ -206,7 +206,7 @@ def test_per_output_and_global_tolerances():
     with pytest.raises(ValidationFailed, match="output 'b'"):
         fuser.optimize(model, passes=[FusionPass([BROKEN])], strict=True, tolerances={"a": {"atol": 10.0}})
     _, report = fuser.optimize(model, passes=[FusionPass([BROKEN])], atol=10.0)
-    assert report.validation["status"] == "passed" and report.validation["outputs"]["a"]["atol"] == 10.0
+    assert report.validation.status == "passed" and report.validation.outputs["a"].atol == 10.0
 
 
 def test_fp16_more_accurate_rewrite_passes_against_fp32_reference():
@@ -221,15 +221,15 @@ def test_fp16_more_accurate_rewrite_passes_against_fp32_reference():
              helper.make_node("Sub", ["b", "k"], ["y"], name="sub")]
     model = make_model(nodes, [("x", F, [256])], [("y", F, [256])], opset=14)
     optimized, report = fuser.optimize(model, passes=[FusionPass([simplify]), DeadCodeElimination()])
-    stats = report.validation["outputs"]["y"]
-    assert report.validation["status"] == "passed" and ops(optimized) == ["Identity"]
-    assert stats["judged_by"] == "fp32-reference" and stats["max_abs"] > 0.1 and stats["mismatches"] > 0
-    assert stats["fp32_reference"]["max_abs_optimized"] < 1e-3 < stats["fp32_reference"]["max_abs_original"]
+    stats = report.validation.outputs["y"]
+    assert report.validation.status == "passed" and ops(optimized) == ["Identity"]
+    assert stats.judged_by == "fp32-reference" and stats.max_abs > 0.1 and stats.mismatches > 0
+    assert stats.fp32_reference.max_abs_optimized < 1e-3 < stats.fp32_reference.max_abs_original
     # a wrong rewrite of a low-precision model is still caught
     wrong = Rule(name="wrong_cancel", family="cancel", emits="Neg", pattern=pattern,
                  rewrite=lambda m, b: b.op("Neg", m["x"]))
     optimized, report = fuser.optimize(model, passes=[FusionPass([wrong]), DeadCodeElimination()])
-    assert report.validation["status"] == "rolled-back" and "Neg" not in ops(optimized)
+    assert report.validation.status == "rolled-back" and "Neg" not in ops(optimized)
 
 
 def test_upcast_to_fp32_model():
@@ -298,7 +298,7 @@ def test_user_inputs_npz_and_pb_folders(tmp_path):
     sets = load_feed_sets(tmp_path / "tests", model)
     assert [s["input_ids"].shape for s in sets] == [(1, 3), (1, 5)]
     _, report = fuser.optimize(model, inputs_path=str(tmp_path / "tests"))
-    assert report.validation["shapes"] == [{"input_ids": [1, 3], "attention_mask": [1, 3]},
+    assert report.validation.shapes == [{"input_ids": [1, 3], "attention_mask": [1, 3]},
                                            {"input_ids": [1, 5], "attention_mask": [1, 5]}]
     np.savez(tmp_path / "bad.npz", input_ids=ids)
     with pytest.raises(UsageError, match="lacks input"):
@@ -308,8 +308,8 @@ def test_user_inputs_npz_and_pb_folders(tmp_path):
 def test_several_validation_shapes():
     _, report = fuser.optimize(id_mask_model(), validation_shapes=({"input_ids": (1, 4)}, {"input_ids": (3, 9)}))
     v = report.validation
-    assert [s["input_ids"] for s in v["shapes"]] == [[1, 4], [3, 9]]
-    assert v["outputs"]["y"]["elements"] == 1 * 4 * 4 + 3 * 9 * 4 and "2 input sets" in v["summary"]
+    assert [s["input_ids"] for s in v.shapes] == [[1, 4], [3, 9]]
+    assert v.outputs["y"].elements == 1 * 4 * 4 + 3 * 9 * 4 and "2 input sets" in v.summary
 
 
 def test_external_data_models_validate(tmp_path):
@@ -319,9 +319,9 @@ def test_external_data_models_validate(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save_model(model, src, save_as_external_data=True, location="m.data", size_threshold=0)
     report = fuser.optimize_file(src, tmp_path / "out.onnx")
-    assert report.validation["status"] == "passed" and report.fusion_counts() == {"hswish": 1}
+    assert report.validation.status == "passed" and report.fusion_counts == {"hswish": 1}
     optimized, report = fuser.optimize(src)  # in memory: the optimized model points at m.data
-    assert report.validation["status"] == "passed"
+    assert report.validation.status == "passed"
     assert optimized.graph.initializer[0].data_location == TensorProto.EXTERNAL
 
 
@@ -333,7 +333,7 @@ def test_models_over_the_protobuf_limit_go_through_a_file(tmp_path, monkeypatch)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="mm"), *CONSTS, *hswish_nodes(0, "mm")]
     model = make_model(nodes, [("x", F, [2, 64])], [("h0", F, [2, 64])], [("w", w)], opset=14)
     _, report = fuser.optimize(model, passes=[FusionPass([*HSWISH, BROKEN]), DeadCodeElimination()])
-    assert report.validation["status"] == "passed" and report.fusion_counts() == {"hswish": 1}
+    assert report.validation.status == "passed" and report.fusion_counts == {"hswish": 1}
 
 
 def test_inputs_fuser_cannot_make_skip_validation():
@@ -344,4 +344,4 @@ def test_inputs_fuser_cannot_make_skip_validation():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14), helper.make_opsetid("ai.onnx.ml", 1)])
     model.ir_version = 8
     _, report = fuser.optimize(model)
-    assert report.validation["status"] == "skipped" and "'x' is a map" in report.validation["reason"]
+    assert report.validation.status == "skipped" and "'x' is a map" in report.validation.reason

@@ -32,8 +32,8 @@ def validation(model, **options) -> dict:
 
 def assert_validated(model, engine="onnxruntime", **options) -> dict:
     v = validation(model, **options)
-    assert v["status"] == "passed", v.get("reason") or v["summary"]
-    assert v["engine"] == engine
+    assert v.status == "passed", v.reason or v.summary
+    assert v.engine == engine
     return v
 
 
@@ -141,28 +141,28 @@ def reshape_needs_48() -> onnx.ModelProto:
 
 def test_a_model_failing_on_the_first_guess_is_run_on_other_sizes():
     v = assert_validated(reshape_needs_48())
-    assert v["shapes"] == [{"x": [1, 3, 48, 48]}]
-    assert any("failed on inputs x:1x3x224x224" in n and "x:1x3x48x48" in n for n in v["notes"])
-    assert "of shapes x:1x3x48x48 (the first guess, x:1x3x224x224, did not run)" in v["summary"]
+    assert v.shapes == [{"x": [1, 3, 48, 48]}]
+    assert any("failed on inputs x:1x3x224x224" in n and "x:1x3x48x48" in n for n in v.notes)
+    assert "of shapes x:1x3x48x48 (the first guess, x:1x3x224x224, did not run)" in v.summary
 
 
 def test_audio_with_a_reflect_pad_longer_than_the_default_length():
     nodes = [const("pads", [0, 20, 0, 20], np.int64), node("Pad", ["x", "pads"], mode="reflect")]
     model = make_model(nodes, [("x", F, [1, "samples"])], [("y", F, [1, "out"])])
-    assert assert_validated(model)["shapes"] == [{"x": [1, 32]}]
+    assert assert_validated(model).shapes == [{"x": [1, 32]}]
 
 
 def test_guesses_are_bounded_and_the_skip_says_why():
     nodes = [const("shape", [7, 11, 13, -1], np.int64), node("Reshape", ["x", "shape"])]
     model = make_model(nodes, [("x", F, ["T"])], [("y", F, [7, 11, 13, "r"])])
     v = validation(model)
-    assert v["status"] == "skipped"
-    assert "on inputs x:1" in v["reason"] and "nor on 10 other guesses of its dynamic dims" in v["reason"]
+    assert v.status == "skipped"
+    assert "on inputs x:1" in v.reason and "nor on 10 other guesses of its dynamic dims" in v.reason
 
 
 def test_explicit_shapes_are_not_second_guessed():
     v = validation(reshape_needs_48(), input_shapes={"x": (1, 3, 224, 224)})
-    assert v["status"] == "skipped" and "other guesses" not in v["reason"]
+    assert v.status == "skipped" and "other guesses" not in v.reason
 
 
 # ------------------------------------------------------------------ the user's data
@@ -233,8 +233,8 @@ def test_onnx_test_data_folder_with_a_sequence_input(tmp_path):
     (folder / "input_0.pb").write_bytes(numpy_helper.from_list(elements, "seq").SerializeToString())
     (folder / "input_1.pb").write_bytes(numpy_helper.from_array(np.array(1, np.int64), "pos").SerializeToString())
     v = assert_validated(model, inputs_path=str(tmp_path / "case"))
-    assert v["outputs"]["y"]["elements"] == 2
-    assert assert_validated(model)["shapes"][0]["pos"] == []  # random: a position within the 3 generated tensors
+    assert v.outputs["y"].elements == 2
+    assert assert_validated(model).shapes[0]["pos"] == []  # random: a position within the 3 generated tensors
 
 
 def test_a_model_without_inputs_takes_an_empty_test_data_folder(tmp_path):
@@ -250,7 +250,7 @@ def test_bfloat16_inputs_are_validated_with_onnx_reference():
     nodes = [node("Cast", ["x"], ["xf"], to=F), node("Relu", ["xf"])]
     model = make_model(nodes, [("x", TensorProto.BFLOAT16, [2, 3])], [("y", F, [2, 3])], opset=14)
     v = assert_validated(model, engine="reference")
-    assert "with onnx.reference" in v["summary"] and any("onnxruntime cannot take" in n for n in v["notes"])
+    assert "with onnx.reference" in v.summary and any("onnxruntime cannot take" in n for n in v.notes)
 
 
 def test_an_op_version_onnxruntime_lacks_is_validated_with_onnx_reference():
@@ -258,13 +258,13 @@ def test_an_op_version_onnxruntime_lacks_is_validated_with_onnx_reference():
     nodes = [node("Add", ["x", "b"], ["s"], broadcast=1), node("Relu", ["s"])]
     model = make_model(nodes, [("x", F, [2, 3])], [("y", F, [2, 3])], [("b", np.ones(3, np.float32))], opset=6)
     v = assert_validated(model, engine="reference")
-    assert any("onnxruntime cannot load the model" in n for n in v["notes"])
+    assert any("onnxruntime cannot load the model" in n for n in v.notes)
 
 
 def test_unseeded_random_ops_skip_validation_and_say_why():
     model = make_model([node("RandomUniformLike", ["x"])], [("x", F, [4])], [("y", F, [4])])
     v = validation(model)
-    assert v["status"] == "skipped" and "RandomUniformLike without a seed" in v["reason"]
+    assert v.status == "skipped" and "RandomUniformLike without a seed" in v.reason
 
 
 # ------------------------------------------------------------------ sequence outputs
@@ -281,17 +281,17 @@ def test_an_exact_fusion_feeding_a_sequence_output_is_kept():
     nodes = [*hardswish_nodes("x", "h"), node("SequenceConstruct", ["h", "x"], ["seq"])]
     model = graph_model(nodes, [("x", helper.make_tensor_type_proto(F, [4, 8]))], [("seq", sequence_of(F, [4, 8]))])
     _, report = fuser.optimize(model)
-    assert report.fusion_counts() == {"hswish": 1}
+    assert report.fusion_counts == {"hswish": 1}
     v = report.validation
-    assert v["status"] == "passed", v["summary"]
-    assert v["outputs"]["seq"]["atol"] == 1e-4 and v["outputs"]["seq"]["elements"] == 64
+    assert v.status == "passed", v.summary
+    assert v.outputs["seq"].atol == 1e-4 and v.outputs["seq"].elements == 64
 
 
 def test_a_ragged_sequence_output_is_compared_not_crashed():
     nodes = [const("split", [1, 3], np.int64), node("SplitToSequence", ["x", "split"], ["seq"])]
     model = graph_model(nodes, [("x", helper.make_tensor_type_proto(F, [4, 2]))], [("seq", sequence_of(F, None))])
     v = assert_validated(model)
-    assert v["outputs"]["seq"]["elements"] == 8
+    assert v.outputs["seq"].elements == 8
 
 
 # ------------------------------------------------------------------ the opset gate
@@ -326,7 +326,7 @@ def test_an_opset_onnx_knows_but_onnxruntime_does_not_is_validated_with_onnx_ref
     newest = onnx.defs.onnx_opset_version()
     model = make_model([node("Relu", ["x"])], [("x", F, [2])], [("y", F, [2])], opset=newest)
     v = assert_validated(model, engine="reference")
-    assert v["summary"].endswith(")") and "with onnx.reference" in v["summary"]
+    assert v.summary.endswith(")") and "with onnx.reference" in v.summary
 
 
 def test_an_opset_neither_onnx_nor_onnxruntime_knows_is_refused(tmp_path):
@@ -359,6 +359,6 @@ def test_an_fp32_output_computed_in_bfloat16_is_compared_at_bfloat16s_precision(
 
     _, report = fuser.optimize(ln_model(elem=BF, mixed="before", gamma=GAMMA, beta=BETA, wrap_bf16=True))
     v = report.validation
-    assert v["status"] == "passed" and v["engine"] == "reference", v["summary"]
-    assert report.fusion_counts() == {"layernorm": 1}
-    assert v["outputs"]["y_out"]["atol"] == 2e-2 and any("computed in bfloat16" in n for n in v["notes"])
+    assert v.status == "passed" and v.engine == "reference", v.summary
+    assert report.fusion_counts == {"layernorm": 1}
+    assert v.outputs["y_out"].atol == 2e-2 and any("computed in bfloat16" in n for n in v.notes)

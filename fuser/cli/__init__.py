@@ -15,7 +15,7 @@ import threading
 import click
 
 from fuser import __version__
-from fuser.errors import FuserError
+from fuser.errors import FuserError, first_line
 
 INTERNAL_ERROR = 3
 
@@ -59,16 +59,16 @@ class _Group(click.Group):
         except Exception as exc:  # a bug in fuser: one line, not a traceback
             if os.environ.get("FUSER_DEBUG"):
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            click.echo(f"fuser: internal error: {type(exc).__name__}: {first} "
+            detail = _one_line(first_line(exc)) if str(exc).strip() else ""
+            click.echo(f"fuser: internal error: {type(exc).__name__}: {detail} "
                        "(please report it; FUSER_DEBUG=1 shows the traceback)", err=True)
             sys.exit(INTERNAL_ERROR)
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException | str) -> str:
     """The message on one printable line: libraries (protobuf, TensorRT) put line breaks in theirs, and names
     from a model or a report may hold control characters or unpaired surrogates."""
-    from fuser.report_formats import printable
+    from fuser.report.formats import printable
 
     return printable(" ".join(line.strip() for line in str(exc).splitlines() if line.strip()))
 

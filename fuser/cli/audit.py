@@ -1,8 +1,8 @@
 """`fuser audit MODEL.onnx|REPORT.json [--expect layernorm>=35] ...`: gate a CI job on what fuser did.
 
-Optimizes MODEL (with validation, in memory unless --save-model) or reads a saved JSON report, checks
-the expectations (see fuser/audit.py), prints one line per expectation, writes the reports asked for,
-and exits 1 when any expectation failed, naming each.
+Runs the stage on MODEL (fuser/stage.py: with validation, in memory unless --save-model) or reads a saved
+JSON report into the same types (fuser/audit.py `load_report`), checks the expectations, prints one line per
+expectation, writes the reports asked for, and exits 1 when any expectation failed, naming each.
 
     fuser audit model.onnx --expect layernorm>=24 --expect-no-op Pow --max-error 1e-3 \\
         --baseline main.json --json report.json --markdown "$GITHUB_STEP_SUMMARY" --junit audit.xml
@@ -16,14 +16,17 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from fuser.audit import Expectations, check, load_report, section
+from fuser import stage
+from fuser.audit import AuditSection, Expectations, check, load_report
 from fuser.errors import UsageError
-from fuser.model_io import load_model
-from fuser.outputs import OutputPlan, model_companions, write_atomic
-from fuser.report_formats import FORMATS, printable, render
+from fuser.outputs import OutputPlan, write_atomic
+from fuser.report import Report
+from fuser.report.formats import FORMATS, as_saved, printable, render
+from fuser.report.terminal import audit_header
+from fuser.validate import ValidationFailed
 
 from .build import trt_build_options
-from .options import model_file, options_from, rule_options, validation_options
+from .options import options_from, rule_options, validation_options
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 _OUT = click.Path(path_type=Path)  # outputs are checked by the run's OutputPlan, one rule for every flag
@@ -77,7 +80,7 @@ def audit(model: Path, expect, no_ops, no_warnings, expect_no_rollback, max_erro
     else:
         report, error = _optimize(model, save_model, kw, build_options if build_engine_too else None, plan)
     checks = check(report, expectations)
-    report["audit"] = section(checks)
+    report.set_section(AuditSection.of(checks))
     for _, fmt, path in targets:
         text = render(report, fmt)
         if path is None:
@@ -85,7 +88,7 @@ def audit(model: Path, expect, no_ops, no_warnings, expect_no_rollback, max_erro
         else:
             write_atomic(path, text.encode())
     to_stderr = any(path is None for _, _, path in targets)  # stdout carries the rendered report
-    click.echo(printable(_header(report)), err=to_stderr)
+    click.echo(printable(audit_header(report)), err=to_stderr)
     for c in checks:
         click.echo(printable(f"  {'PASS' if c.passed else 'FAIL'} {c.name}: {c.message}"), err=to_stderr)
     failed = [c for c in checks if not c.passed]
@@ -135,46 +138,14 @@ def _targets(formats, output, json_path, markdown_path, junit_path, html_path) -
 
 
 def _optimize(model: Path, save_model: Path | None, kw: dict, build_options, plan: OutputPlan
-              ) -> tuple[dict, str | None]:
-    from fuser.pipeline import optimize, optimize_file
-    from fuser.rules import select_rules
-    from fuser.trt import plan_build_outputs
-    from fuser.validate import ValidationFailed
-
-    options = options_from(kw)
-    select_rules(options.rules, options.skip_rules, options.target)  # unknown names fail before loading
-    model_file(model)
-    loaded = load_model(model)
-    plan.read_model(loaded)
-    plan.read("the --inputs data", options.inputs_path)
-    plan.write("--save-model", save_model, *model_companions(save_model, options.external_data))
-    if build_options is not None:
-        plan_build_outputs(plan, build_options, "engine", None)  # only the timing cache is written
-    plan.check()
+              ) -> tuple[Report, str | None]:
+    """The stage on MODEL (the model kept in memory unless --save-model); a report whose validation failed is
+    still audited and rendered, with the error."""
     try:
-        if save_model:
-            report = optimize_file(loaded, save_model, options)
-            optimized = save_model
-        else:
-            optimized, report = optimize(loaded, options)
-    except ValidationFailed as exc:  # still audit (and render) the report that says what failed
+        result = stage.run(model, options_from(kw), output=save_model, build=build_options, plan=plan,
+                           flags=stage.Flags(output="--save-model"))
+    except ValidationFailed as exc:
         if exc.report is None:
             raise
-        return exc.report.to_dict(), str(exc)
-    if build_options is not None:
-        from fuser.trt import build_engine
-
-        report.build = build_engine(optimized, build_options).to_dict()
-    return report.to_dict(), None
-
-
-def _header(report: dict) -> str:
-    i, o = report.get("input") or {}, report.get("output") or {}
-    counts = report.get("fusion_counts", {})
-    fused = ", ".join(f"{k} {n}" for k, n in counts.items()) or "nothing"
-    line = (f"fuser audit {i.get('path') or 'model'}: nodes {i.get('nodes', '?')} -> {o.get('nodes', '?')}, "
-            f"opset {i.get('opset', '?')} -> {o.get('opset', '?')}, fused: {fused}")
-    v = report.get("validation")
-    if v:
-        line += f"\n  validation: {v.get('summary', v.get('status'))}"
-    return line
+        return as_saved(exc.report), str(exc)
+    return as_saved(result.report), None

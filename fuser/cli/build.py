@@ -14,7 +14,10 @@ import click
 
 from fuser.model_io import load_model
 from fuser.outputs import OutputPlan, write_atomic
-from fuser.trt import BuildOptions, BuildResult, build_engine, parse_profile, plan_build_outputs
+from fuser.report import to_json
+from fuser.report.formats import printable
+from fuser.report.terminal import build_summary
+from fuser.trt import BuildOptions, build_engine, parse_profile, plan_build_outputs
 
 from .options import model_file
 
@@ -78,22 +81,7 @@ def build(model: Path, output: Path | None, build_options: BuildOptions, report:
     plan_build_outputs(plan, build_options, "-o", output)
     plan.write("--report", report)
     plan.check()
-    result = build_engine(model, build_options, output)
+    section = build_engine(model, build_options, output).section()
     if report:
-        write_atomic(report, (json.dumps(result.to_dict(), indent=1) + "\n").encode())
-    click.echo(summary(result))
-
-
-def summary(result: BuildResult) -> str:
-    """A few lines: what was built, how big, how long, the timing cache, and each recognized warning."""
-    lines = [f"built {result.engine_path} with {result.backend} {result.backend_version} "
-             f"in {result.build_seconds:.2f} s: {result.engine_size:,} bytes, "
-             f"{len(result.network_layers)} network layers, {len(result.engine_layers)} engine layers"]
-    cache = result.timing_cache
-    if cache:
-        unusable = " (the builder could not use it)" if cache["accepted_by_builder"] is False else ""
-        lines.append(f"timing cache {cache['path']}: {cache['status']}{unusable}")
-    for warning in result.warnings:
-        lines += [f"warning {warning.id} ({len(warning.lines)}x): {warning.explanation}",
-                  f"  {warning.lines[0].splitlines()[0][:200]}"]
-    return "\n".join(lines)
+        write_atomic(report, (json.dumps(to_json(section), indent=1) + "\n").encode())
+    click.echo(printable(build_summary(section)))

@@ -3,31 +3,30 @@
     profile = parse_profile("x:1x3x224x224,8x3x224x224,16x3x224x224")
     result = build_engine("model.onnx", BuildOptions(profiles=(profile,), opt_level=3), output="model.plan")
 
-The report (`BuildResult.to_dict()`) records the options that ran, the network's and the engine's layers, the engine
-size and build time, the timing cache's fate, every parser and builder log line, and the warnings fuser recognizes
-in them. Failures are one-line fuser errors: a bad option or profile is a UsageError, a node the ONNX parser rejects or
-a builder failure is a ModelError naming what failed.
+The report's build section (`BuildResult.section()`, a `BuildSection`) records the options that ran, the network's
+and the engine's layers, the engine size and build time, the timing cache's fate, every parser and builder log line,
+and the warnings fuser recognizes in them. Failures are one-line fuser errors: a bad option or profile is a
+UsageError, a node the ONNX parser rejects or a builder failure is a ModelError naming what failed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
 from fuser.errors import ModelError, UsageError
+from fuser.model_io import PROTOBUF_LIMIT
 from fuser.outputs import OutputPlan, finish, swap_in, temporary_file, temporary_folder, write_atomic
 from fuser.trt.backend import Backend, load_backend, visible_gpu
-from fuser.trt.logs import BuildLog, capture
-from fuser.trt.profiles import Profile, check_profiles, model_inputs, to_json
-
-PROTOBUF_LIMIT = 2**31 - 1
+from fuser.trt.logs import BuildLog, LogLine, RecognizedWarning, capture
+from fuser.trt.profiles import Profile, check_profiles, model_inputs
 # One line of the builder's verbose "Engine Layer Information" log:
 #   Layer(Myelin): {ForeignNode[conv0...relu0]}, Tactic: 0x0000000000000000, x (Float[-1,3,16,16]) -> y (...)
 ENGINE_LAYER = re.compile(r"Layer\((?P<type>[^)]*)\): (?P<name>.*?), Tactic: (?P<tactic>[^,]*), "
@@ -53,12 +52,53 @@ class BuildOptions:
     tf32: bool | None = None
     backend: str | None = None  # tensorrt | tensorrt_rtx; default: $FUSER_TRT_BACKEND, else tensorrt if importable
 
-    def to_dict(self) -> dict:
-        options = dataclasses.asdict(self)
-        options["profiles"] = [to_json(profile) for profile in self.profiles]
-        options["timing_cache"] = str(self.timing_cache) if self.timing_cache else None
-        options["compute_capabilities"] = list(self.compute_capabilities)
-        return options
+
+# ------------------------------------------------------------------------------ the report's build section
+# Field metadata is the report codec's (fuser/report/codec.py). RECORDED: None only when a saved report lacks it.
+RECORDED = {"null": False}
+
+@dataclass
+class BackendInfo:
+    name: str  # tensorrt | tensorrt_rtx
+    version: str
+
+
+@dataclass
+class NetworkInfo:
+    layer_count: int
+    layers: list[dict[str, Any]]  # name, type, precision (the type of its first output)
+
+
+@dataclass
+class EngineInfo:
+    path: str | None  # null: not written (fuser audit --build)
+    size_bytes: int
+    build_seconds: float = field(metadata={"digits": 3})  # metadata: see fuser/report/codec.py
+    layers: list[dict[str, Any]]
+    layers_source: str  # "inspector" (IEngineInspector, JSON) or "builder-log" (no GPU to load the engine)
+
+
+@dataclass
+class TimingCacheInfo:
+    path: str
+    status: str  # created, loaded (given to the builder) or replaced (its key did not match this build)
+    accepted_by_builder: bool | None  # whether the builder could read what was loaded
+    bytes_written: int
+    key: dict[str, Any]  # backend, version, gpu, targets
+
+
+@dataclass
+class BuildSection:
+    """The report's `build`: what was built with which options, and what the builder said. Read back from a saved
+    report, a part it does not have is null (`warnings`: the audit cannot check a warning id then)."""
+
+    backend: BackendInfo | None = field(default=None, metadata=RECORDED)
+    options: BuildOptions | None = field(default=None, metadata=RECORDED)
+    network: NetworkInfo | None = field(default=None, metadata=RECORDED)
+    engine: EngineInfo | None = field(default=None, metadata=RECORDED)
+    timing_cache: TimingCacheInfo | None = None  # None: no --timing-cache
+    warnings: list[RecognizedWarning] | None = field(default=None, metadata=RECORDED)
+    log: list[LogLine] | None = field(default=None, metadata=RECORDED)
 
 
 @dataclass
@@ -71,7 +111,7 @@ class BuildResult:
     network_layers: list[dict]  # name, type, precision (the type of its first output)
     engine_layers: list[dict]
     engine_layers_source: str  # "inspector" (IEngineInspector, JSON) or "builder-log" (no GPU to load the engine)
-    timing_cache: dict | None
+    timing_cache: TimingCacheInfo | None
     options: BuildOptions
     log: BuildLog = field(repr=False)
 
@@ -80,21 +120,16 @@ class BuildResult:
         return len(self.engine)
 
     @property
-    def warnings(self):
+    def warnings(self) -> list[RecognizedWarning]:
         return self.log.recognized()
 
-    def to_dict(self) -> dict:
-        return {
-            "backend": {"name": self.backend, "version": self.backend_version},
-            "options": self.options.to_dict(),
-            "network": {"layer_count": len(self.network_layers), "layers": self.network_layers},
-            "engine": {"path": str(self.engine_path) if self.engine_path else None, "size_bytes": self.engine_size,
-                       "build_seconds": round(self.build_seconds, 3), "layers": self.engine_layers,
-                       "layers_source": self.engine_layers_source},
-            "timing_cache": self.timing_cache,
-            "warnings": [warning.to_dict() for warning in self.warnings],
-            "log": [line.to_dict() for line in self.log.lines],
-        }
+    def section(self) -> BuildSection:
+        return BuildSection(
+            BackendInfo(self.backend, self.backend_version), self.options,
+            NetworkInfo(len(self.network_layers), self.network_layers),
+            EngineInfo(str(self.engine_path) if self.engine_path else None, self.engine_size, self.build_seconds,
+                       self.engine_layers, self.engine_layers_source),
+            self.timing_cache, self.warnings, list(self.log.lines))
 
 
 def build_engine(model: str | Path | onnx.ModelProto, options: BuildOptions | None = None,
@@ -137,7 +172,7 @@ def build_engine(model: str | Path | onnx.ModelProto, options: BuildOptions | No
     if output is not None:
         write_atomic(output, engine)
     return BuildResult(backend.name, backend.version, engine, Path(output) if output else None, seconds,
-                       network_layers, engine_layers, source, cache.to_dict() if cache else None, options, log)
+                       network_layers, engine_layers, source, cache.info() if cache else None, options, log)
 
 
 def plan_build_outputs(plan: OutputPlan, options: BuildOptions, flag: str, engine: Path | None) -> None:
@@ -324,9 +359,8 @@ class _TimingCache:
             swap_in([(tmp_key, self.meta_path), (tmp_cache, self.path)])  # a cache is never left under another key
         self.bytes_written = len(data)
 
-    def to_dict(self) -> dict:
-        return {"path": str(self.path), "status": self.status, "accepted_by_builder": self.accepted,
-                "bytes_written": self.bytes_written, "key": self.key}
+    def info(self) -> TimingCacheInfo:
+        return TimingCacheInfo(str(self.path), self.status, self.accepted, self.bytes_written, self.key)
 
 
 def _engine_layers(backend: Backend, logger, engine: bytes, log: BuildLog) -> tuple[list[dict], str]:

@@ -63,21 +63,18 @@ _WARNING_SEVERITIES = ("warning", "error", "internal_error")
 @dataclass(frozen=True)
 class LogLine:
     severity: str  # verbose, info, warning, error, internal_error
-    text: str
     phase: str  # parse, build, inspect; "fuser" for fuser's own warnings
-
-    def to_dict(self) -> dict:
-        return {"severity": self.severity, "phase": self.phase, "text": self.text}
+    text: str
 
 
 @dataclass
 class RecognizedWarning:
-    id: str
-    explanation: str
-    lines: list[str] = field(default_factory=list)
+    """A warning fuser knows, with what it means and the log lines that said it (the report's build.warnings)."""
 
-    def to_dict(self) -> dict:
-        return {"id": self.id, "explanation": self.explanation, "count": len(self.lines), "lines": self.lines}
+    id: str
+    explanation: str = ""
+    count: int = 0  # how many lines said it
+    lines: list[str] = field(default_factory=list)
 
 
 class BuildLog:
@@ -88,11 +85,11 @@ class BuildLog:
         self.phase = "parse"
 
     def add(self, severity: str, text: str) -> None:
-        self.lines.append(LogLine(severity, text, self.phase))
+        self.lines.append(LogLine(severity, self.phase, text))
 
     def warn(self, text: str) -> None:
         """A warning of fuser's own, recognized like TensorRT's (so its text must match a KNOWN_WARNINGS row)."""
-        self.lines.append(LogLine("warning", text, "fuser"))
+        self.lines.append(LogLine("warning", "fuser", text))
 
     def errors(self, since: int = 0) -> list[str]:
         return [line.text for line in self.lines[since:] if line.severity in ("error", "internal_error")]
@@ -106,6 +103,8 @@ class BuildLog:
             known = next((k for k in KNOWN_WARNINGS if k.pattern.search(line.text)), None)
             if known:
                 found.setdefault(known.id, RecognizedWarning(known.id, known.explanation)).lines.append(line.text)
+        for warning in found.values():
+            warning.count = len(warning.lines)
         return sorted(found.values(), key=lambda w: [k.id for k in KNOWN_WARNINGS].index(w.id))
 
 

@@ -112,7 +112,3 @@ def _show(dims) -> str:
 
 def _show_range(shapes: ShapeRange) -> str:
     return ",".join(_show(shape) for shape in shapes)
-
-
-def to_json(profile: Profile) -> dict[str, dict[str, list[int]]]:
-    return {name: {"min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for name, r in profile.items()}

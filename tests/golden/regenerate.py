@@ -42,7 +42,7 @@ def summary(model: onnx.ModelProto, report) -> dict:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     ops = collections.Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
                               for n in model.graph.node)
-    return {"opset": opset, "ops": dict(sorted(ops.items())), "fusions": dict(sorted(report.fusion_counts().items()))}
+    return {"opset": opset, "ops": dict(sorted(ops.items())), "fusions": dict(sorted(report.fusion_counts.items()))}
 
 
 def current() -> dict:
