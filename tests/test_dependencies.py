@@ -48,8 +48,12 @@ def _is_type_checking(node: ast.If) -> bool:
 
 
 def imported_modules(folders, root: Path = ROOT) -> dict[str, set[str]]:
-    """Third-party modules imported anywhere in the .py files under root/folder -> the files that import them."""
-    return imports_of([path for folder in folders for path in sorted((root / folder).rglob("*.py"))], root)
+    """Third-party modules imported anywhere in the .py files under root/folder -> the files that import them.
+
+    Git-ignored content is not ours: hidden folders (benchmarks/.venv) and benchmarks/cache are skipped."""
+    return imports_of([path for folder in folders for path in sorted((root / folder).rglob("*.py"))
+                       if not any(part.startswith(".") or part == "cache"
+                                  for part in path.relative_to(root / folder).parts[:-1])], root)
 
 
 def imports_of(paths, root: Path) -> dict[str, set[str]]:
