@@ -137,9 +137,9 @@ def _unknown_op(op: str, known: set[str]) -> UsageError:
 
 def known_names(report: dict) -> set[str]:
     """Rule and family names an expectation may use: the library's, and any the report mentions."""
-    from fuser.rules import ALL_RULES
+    from fuser.assembly import all_rules
 
-    names = {r.name for r in ALL_RULES} | {r.family for r in ALL_RULES}
+    names = {r.name for r in all_rules()} | {r.family for r in all_rules()}
     names |= set(report.get("rules", {})) | set(report.get("fusion_counts", {}))
     entries = (*report.get("fusions", []), *report.get("near_misses", []))
     names |= {x.get(k) for x in entries for k in ("rule", "family")}
@@ -149,12 +149,12 @@ def known_names(report: dict) -> set[str]:
 def count(report: dict, name: str) -> int | None:
     """Applied rewrites of family `name`, or of rule `name` when no family has that name; None when the report
     cannot tell (a rule name, and no list of fusions to count)."""
-    from fuser.rules import ALL_RULES
+    from fuser.assembly import all_rules
 
     counts = report.get("fusion_counts", {})
     if name in counts:
         return counts[name]
-    if name in {r.family for r in ALL_RULES}:  # a family that did not fire
+    if name in {r.family for r in all_rules()}:  # a family that did not fire
         return 0
     if "fusions" not in report:
         return None

@@ -29,3 +29,12 @@ class WriteError(FuserError):
     """An output could not be written (disk full, file too large, an I/O error); the previous file is kept."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message (its type's name when it has none), cut at
+    `limit` characters: how a failure from onnx, onnxruntime or the OS is told in one line."""
+    for line in str(exc).strip().splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from onnx import TensorProto as T, helper
 
 import fuser
-import fuser.passes
+import fuser.assembly
 from fuser.cli import INTERNAL_ERROR, main
 from fuser.errors import FuserError, ModelError, UsageError
 
@@ -231,7 +231,7 @@ def test_internal_error_is_one_line_exit_3_and_writes_nothing(tmp_path, monkeypa
         def run(self, graph, ctx):
             raise RuntimeError("a bug\nwith a second line")
 
-    monkeypatch.setattr(fuser.passes, "default_passes", lambda options: [Broken()])
+    monkeypatch.setattr(fuser.assembly, "default_passes", lambda options: [Broken()])
     monkeypatch.delenv("FUSER_DEBUG", raising=False)
     p = tmp_path / "m.onnx"
     onnx.save(small_model(), p)

@@ -273,7 +273,7 @@ def test_candidates_come_from_the_root_op_index():
 
 def test_non_standard_domain_is_refused_for_tensorrt():
     rule = Rule(name="to-contrib", family="test", pattern=op.Relu(x), emits="com.microsoft.Gelu",
-                rewrite=lambda m, b: b.op("Gelu", m["x"], domain="com.microsoft"))
+                rewrite=lambda m, b, _: b.op("Gelu", m["x"], domain="com.microsoft"))
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F, [2])], [("y", F, [2])])
     from fuser.passes import FusionPass
     optimized, report = fuser.optimize(model, passes=[FusionPass([rule])], target="tensorrt")

@@ -137,7 +137,7 @@ def _targets(formats, output, json_path, markdown_path, junit_path, html_path) -
 def _optimize(model: Path, save_model: Path | None, kw: dict, build_options, plan: OutputPlan
               ) -> tuple[dict, str | None]:
     from fuser.pipeline import optimize, optimize_file
-    from fuser.rules import select_rules
+    from fuser.assembly import select_rules
     from fuser.trt import plan_build_outputs
     from fuser.validate import ValidationFailed
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
+from fuser.assembly import select_rules
 from fuser.model_io import load_model
 from fuser.outputs import OutputPlan, model_companions, write_atomic
 from fuser.pipeline import optimize_file
 from fuser.report_formats import printable, render
-from fuser.rules import select_rules
 from fuser.validate import ValidationFailed
 
 from fuser.trt import build_engine, plan_build_outputs
