@@ -547,3 +547,25 @@ def test_a_long_constant_node_is_never_propagated_as_data(tmp_path):
     rc, peak = run.stderr.strip().splitlines()[-1].split()
     assert rc == "rc=0" and int(peak.split("=")[1]) < 600 * 1024, run.stderr
     assert "Reshape" not in ops(onnx.load(tmp_path / "out.onnx"))
+
+
+@needs_proc
+def test_validation_never_propagates_a_long_tensor_as_data(tmp_path):
+    """The same guard where validation infers shapes to draw its inputs (an index must lie within the dim
+    it indexes: here a Gather's, known only by inference): 1.3 GB for a 300-byte model before."""
+    import subprocess
+    import sys
+
+    nodes = [helper.make_node("Cast", ["ids"], ["table"], to=F), helper.make_node("Gather", ["table", "idx"], ["g"]),
+             helper.make_node("Add", ["x", "g"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", T.INT64, [1 << 23]),
+                                           helper.make_tensor_value_info("idx", T.INT64, [1]),
+                                           helper.make_tensor_value_info("x", F, [1])],
+                              [helper.make_tensor_value_info("y", F, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "gather.onnx")
+    run = subprocess.run([sys.executable, "-c", PEAK_RSS, "optimize", str(tmp_path / "gather.onnx"), "-o",
+                          str(tmp_path / "out.onnx")], capture_output=True, text=True)
+    rc, peak = run.stderr.strip().splitlines()[-1].split()
+    assert rc == "rc=0" and int(peak.split("=")[1]) < 600 * 1024, run.stderr
