@@ -75,7 +75,7 @@ class GraphFacts:
         self._live = _live  # set on a snapshot: the graph's own facts, whose inference it shares
         self._inferred: _Inferred | None = None
         self._symbolic: dict[str, Shape] = _live._symbolic if _live is not None else {}
-        self._inputs: tuple[int, dict[str, int]] | None = None  # (version, declared input types)
+        self._inputs: dict[str, onnx.ValueInfoProto] | None = None  # the graph inputs' declarations
 
     def snapshot(self) -> GraphFacts:
         """These facts as of the first question asked of the snapshot, kept through later edits."""
@@ -91,7 +91,9 @@ class GraphFacts:
         constant = _constant_attribute(g, value)
         if constant is not None:
             return _constant_dims(constant)
-        return _merge(self._current().shapes.get(value), self._symbolic.get(value))
+        declared = self._declared_inputs().get(value)
+        shape = type_shape(declared.type) if declared is not None else self._current().shapes.get(value)
+        return _merge(shape, self._symbolic.get(value))
 
     def elem_type(self, value: str, infer: bool = True) -> int | None:
         """ONNX element type (TensorProto.FLOAT...) or None when unknown. `infer=False`: only what is exact
@@ -104,9 +106,9 @@ class GraphFacts:
         if constant is not None:
             return _constant_elem_type(constant)
         declared = self._declared_inputs().get(value)
-        if declared is not None or not infer:
-            return declared
-        return self._current().types.get(value)
+        if declared is not None and declared.type.HasField("tensor_type") and declared.type.tensor_type.elem_type:
+            return declared.type.tensor_type.elem_type
+        return self._current().types.get(value) if infer else None
 
     def rank(self, value: str) -> int | None:
         """A value's rank, also where inference lost its dims: through Reshape targets of known length,
@@ -240,13 +242,14 @@ class GraphFacts:
             inferred = self._inferred = _infer_graph(self.graph)
         return inferred
 
-    def _declared_inputs(self) -> dict[str, int]:
-        g = self.graph
-        if self._inputs is None or self._inputs[0] != g.version:
-            types = {vi.name: vi.type.tensor_type.elem_type for vi in g.model.graph.input
-                     if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
-            self._inputs = (g.version, types)
-        return self._inputs[1]
+    def _declared_inputs(self) -> dict[str, onnx.ValueInfoProto]:
+        """The graph inputs' declarations: exact (an input is where values come from), no inference. The
+        protos themselves: pinning dims or retyping an input edits them in place."""
+        if self._live is not None:
+            return self._live._declared_inputs()
+        if self._inputs is None:
+            self._inputs = {vi.name: vi for vi in self.graph.model.graph.input}
+        return self._inputs
 
 
 def _infer_graph(graph: Graph) -> _Inferred:
