@@ -256,6 +256,8 @@ def _apply(graph: Graph, rule: Rule, m: Match, nid: int, root_value: str, key: s
     analysis = rule.check(m) if rule.check else None
     if isinstance(analysis, Refusal):
         return analysis
+    if isinstance(analysis, str):  # the old spelling of a refusal: taken as an analysis, it would rewrite
+        raise TypeError(f"rule {rule.name}: check returned the string {analysis!r}; a refusal is Refusal(reason)")
     unsafe = unsafe_reason(m, {root_value})
     if unsafe:
         return Refusal(unsafe)
