@@ -4,7 +4,10 @@
 - a fused op is never emitted for an element type its schema does not accept at the emitted opset;
 - `ai.onnx` is the default domain; local functions and subgraph bodies survive an opset upgrade;
 - a 100,000-node chain goes through `fuser optimize` with validation (no recursion anywhere);
-- a fold whose size is unknown until computed is bounded before it allocates.
+- a fold whose size is unknown until computed is bounded before it allocates;
+- shape inference never propagates a long tensor as data (a declared input, a Constant node, the
+  inference validation runs to draw its inputs);
+- a rewrite made before a mid-pass opset upgrade is in the report (issue 14).
 """
 
 from __future__ import annotations
