@@ -94,7 +94,7 @@ def prepare(args) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
     from fuser.passes import DeadCodeElimination, FusionPass
-    from fuser.rules import select_rules
+    from fuser.assembly import select_rules
 
     import fuser
 

@@ -107,9 +107,9 @@ class AuditSection:
 
 def report_sections() -> tuple[type, ...]:
     """Every section type a report may hold beyond its core: the passes' and the audit's."""
-    from fuser.passes import REPORT_SECTIONS
+    from fuser.assembly import report_sections as pass_sections
 
-    return (*REPORT_SECTIONS, AuditSection)
+    return (*pass_sections(), AuditSection)
 
 
 def load_report(path, what: str = "report") -> Report:
@@ -162,9 +162,9 @@ def _unknown_op(op: str, known: set[str]) -> UsageError:
 
 def known_names(report: Report) -> set[str]:
     """Rule and family names an expectation may use: the library's, and any the report mentions."""
-    from fuser.rules import ALL_RULES
+    from fuser.assembly import all_rules
 
-    names = {r.name for r in ALL_RULES} | {r.family for r in ALL_RULES}
+    names = {r.name for r in all_rules()} | {r.family for r in all_rules()}
     names |= set(report.rules) | set(report.fusion_counts)
     names |= {x.rule for x in (*(report.fusions or ()), *report.near_misses)}
     names |= {x.family for x in (*(report.fusions or ()), *report.near_misses)}
@@ -174,11 +174,11 @@ def known_names(report: Report) -> set[str]:
 def count(report: Report, name: str) -> int | None:
     """Applied rewrites of family `name`, or of rule `name` when no family has that name; None when the report
     cannot tell (a rule name, and no list of fusions to count)."""
-    from fuser.rules import ALL_RULES
+    from fuser.assembly import all_rules
 
     if name in report.fusion_counts:
         return report.fusion_counts[name]
-    if name in {r.family for r in ALL_RULES}:  # a family that did not fire
+    if name in {r.family for r in all_rules()}:  # a family that did not fire
         return 0
     if report.fusions is None:
         return None

@@ -32,9 +32,9 @@ class WriteError(FuserError):
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's message (libraries such as onnxruntime, protobuf and TensorRT
-    explain over several lines), or the exception's type name when it says nothing."""
-    for line in str(exc).splitlines():
+    """The first non-blank line of an exception's message (its type's name when it has none), cut at
+    `limit` characters: how a failure from onnx, onnxruntime or the OS is told in one line."""
+    for line in str(exc).strip().splitlines():
         if line.strip():
             return line.strip()[:limit]
     return type(exc).__name__

@@ -10,6 +10,10 @@ Constants are initializers or `Constant` nodes. Their numpy values are read lazi
 stored as external data is read from disk only when a rule asks for its value, so a model over 2 GB
 is optimized without its weights in memory. `to_model()` writes the edits back to a new `ModelProto`
 (the input proto is never modified).
+
+Every edit bumps `version`; `graph.facts` (fuser/facts.py), the one source of shapes, element types
+and schemas, re-infers on the first question after one. Code that edits the protos directly (pinning
+an input's dims, retyping value_info) calls `touch()`.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import onnx
 import onnx.numpy_helper
 from onnx import helper
 
-from . import onnx_inference
 from .errors import ModelError
+from .facts import GraphFacts
 from .model_io import LoadedModel, external_info, resolve_location, uses_external_data
 
 Use = tuple[int, int]  # (node id, input or output slot)
@@ -55,20 +59,20 @@ class Graph:
         self._legacy_ir = model.ir_version < 4
         self._initializer_inputs = self._graph_inputs & set(self.initializers)
         self._graph_outputs = set(self.output_names)
-        self._value_info = {v.name: v for v in itertools.chain(g.input, g.output, g.value_info)}
         self._const_cache: dict[str, np.ndarray] = {}
         self._ids = itertools.count()
         self._seq = itertools.count()
         self._names: set[str] = set()
         self._nx: nx.MultiDiGraph | None = None
         self._node_names: set[str] | None = None
-        self._inferred: dict[str, onnx.TypeProto] | None = None
+        self.version = 0  # bumped by every edit: what `facts` was inferred from is then out of date
         self.opsets: dict[str, int] = {imp.domain or "": imp.version for imp in model.opset_import}
         for position, node in enumerate(g.node):
             self._index_node(next(self._ids), node, (float(position), 0))
         self._check_unique_values()
         self._order_valid = False  # True while the order keys are known to be a topological order
         self.topological_order()
+        self.facts = GraphFacts(self)
 
     # ---------------------------------------------------------------- queries
     def node(self, nid: int) -> onnx.NodeProto:
@@ -100,15 +104,9 @@ class Graph:
     def is_graph_output(self, value: str) -> bool:
         return value in self._graph_outputs
 
-    def is_graph_input(self, value: str) -> bool:
-        return value in self._graph_inputs and value not in self._initializer_inputs
-
     def nodes_of_type(self, op_type: str) -> list[int]:
         """Ids of the nodes of one op type, in graph order (a snapshot: safe to edit while iterating)."""
         return sorted(self.by_op.get(op_type, ()), key=self.order.__getitem__)
-
-    def op_histogram(self) -> dict[str, int]:
-        return {op: len(ids) for op, ids in sorted(self.by_op.items()) if ids}
 
     def opset(self, domain: str = "") -> int:
         if domain in ("", "ai.onnx"):
@@ -145,39 +143,6 @@ class Graph:
             return 0 if arr is None else arr.nbytes
         n = int(np.prod(t.dims)) if t.dims else 1
         return n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-
-    def elem_type(self, value: str, infer: bool = True) -> int | None:
-        """ONNX element type of a value (TensorProto.FLOAT...) or None when unknown.
-
-        `infer=False`: only what the model declares (initializers, Constants, value_info), never running
-        shape inference on the whole graph."""
-        if value in self.initializers:
-            return self.initializers[value].data_type
-        info = self._value_info.get(value)
-        if info is not None and info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
-            return info.type.tensor_type.elem_type
-        use = self.producers.get(value)
-        if use is not None and self.nodes[use[0]].op_type == "Constant":
-            arr = self.constant(value)
-            return None if arr is None else helper.np_dtype_to_tensor_dtype(arr.dtype)
-        if not infer:
-            return None
-        inferred = self._infer().get(value)
-        if inferred is not None and inferred.HasField("tensor_type") and inferred.tensor_type.elem_type:
-            return inferred.tensor_type.elem_type
-        return None
-
-    def shape(self, value: str) -> list[int | str | None] | None:
-        """Static shape where known: ints, symbolic dim names, or None per unknown dim."""
-        if value in self.initializers:
-            return list(self.initializers[value].dims)
-        info = self._value_info.get(value)
-        typ = info.type if info is not None else self._infer().get(value)
-        if typ is None or not typ.HasField("tensor_type") or not typ.tensor_type.HasField("shape"):
-            arr = self.constant(value) if self.is_constant(value) else None
-            return list(arr.shape) if arr is not None else None
-        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in typ.tensor_type.shape.dim]
 
     @property
     def nx(self) -> nx.MultiDiGraph:
@@ -248,8 +213,7 @@ class Graph:
 
     def add_initializer(self, hint: str, array: np.ndarray) -> str:
         name = self.fresh_name(hint)
-        self.initializers[name] = onnx.numpy_helper.from_array(np.asarray(array), name)
-        self._const_cache[name] = np.asarray(array)
+        self.set_initializer(name, array)
         return name
 
     def remove_node(self, nid: int) -> onnx.NodeProto:
@@ -269,6 +233,7 @@ class Graph:
         for value in _outer_names(node):
             self.implicit_uses.get(value, set()).discard(nid)
         self._nx = None
+        self.version += 1
         return node
 
     def set_input(self, nid: int, slot: int, value: str) -> None:
@@ -284,6 +249,7 @@ class Graph:
             self.consumers.setdefault(value, []).append((nid, slot))
         self._nx = None
         self._order_valid = False
+        self.version += 1
 
     def replace_all_uses(self, old: str, new: str) -> None:
         """Point every consumer of `old` at `new`; a graph output named `old` is renamed or bridged."""
@@ -298,47 +264,50 @@ class Graph:
         Keeping names keeps the value_info, graph output names and downstream references unchanged.
         """
         if self._renamable(old, new) and new not in self._graph_inputs:
-            self._rename(new, old)
+            self.rename(new, old)
         else:
             self.replace_all_uses(old, new)
 
     def _keep_output_name(self, old: str, new: str) -> None:
         """Graph outputs keep their names: rename `new`'s producer output, or bridge with Identity."""
         if self._renamable(old, new):
-            self._rename(new, old)
+            self.rename(new, old)
         else:
             self.add_node("Identity", [new], [old], name=f"{old}_identity")
 
     def _renamable(self, old: str, new: str) -> bool:
         return old not in self.producers and new in self.producers and new not in self._graph_outputs
 
-    def _rename(self, new: str, old: str) -> None:
-        """Give the value `new` the name `old`: its producer's output slot and every use."""
-        nid, slot = self.producers.pop(new)
-        for cnid, cslot in list(self.uses(new)):
-            self.set_input(cnid, cslot, old)
-        self.nodes[nid].output[slot] = old
-        self.producers[old] = (nid, slot)
-        self._names.add(old)
-        if new in self._value_info and old not in self._value_info:
-            self._value_info[old] = self._value_info[new]
+    def rename(self, value: str, name: str) -> None:
+        """Give the node output `value` the name `name` (unused so far): its producer's slot and every use."""
+        nid, slot = self.producers.pop(value)
+        for cnid, cslot in list(self.uses(value)):
+            self.set_input(cnid, cslot, name)
+        self.nodes[nid].output[slot] = name
+        self.producers[name] = (nid, slot)
+        self._names.add(name)
         self._nx = None
+        self.version += 1
 
     def set_initializer(self, name: str, array: np.ndarray) -> None:
         """Make `name` an initializer holding `array`, keeping the name (its producer must be gone)."""
         self.initializers[name] = onnx.numpy_helper.from_array(np.asarray(array), name)
         self._const_cache[name] = np.asarray(array)
         self._names.add(name)
+        self.version += 1
 
     def remove_initializer(self, name: str) -> None:
         self.initializers.pop(name, None)
         self._const_cache.pop(name, None)
+        self.version += 1
 
     def set_opset(self, version: int, domain: str = "") -> None:
         self.opsets[domain] = version
+        self.version += 1
 
-    def invalidate_types(self) -> None:
-        self._inferred = None
+    def touch(self) -> None:
+        """Say that the protos were edited directly (input dims pinned, value types changed)."""
+        self.version += 1
 
     # ------------------------------------------------------------ write-back
     def to_model(self) -> onnx.ModelProto:
@@ -374,9 +343,10 @@ class Graph:
         return out
 
     def skeleton(self, small_bytes: int = 4096) -> onnx.ModelProto:
-        """The graph for shape inference: nodes, inputs, outputs and small constants; weights larger than
-        `small_bytes` (or stored externally) appear as typed inputs, so nothing big is copied or read.
-        No value_info: every shape is derived from the inputs (exporters' value_info can be stale)."""
+        """The graph for shape inference: nodes, inputs, outputs and small constants; weights and Constant
+        values larger than `small_bytes` (or stored externally) appear as typed inputs, so nothing big is
+        copied or read. No value_info: every shape is derived from the inputs (exporters' value_info can
+        be stale)."""
         src = self.model.graph
         inputs = list(src.input)
         declared = {v.name for v in inputs}
@@ -389,8 +359,15 @@ class Graph:
                     inputs.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
             else:
                 small.append(t)
-        g = helper.make_graph([self.nodes[nid] for nid in self.topological_order()], src.name or "graph",
-                              inputs, list(src.output), small)
+        nodes = []
+        for nid in self.topological_order():
+            node = self.nodes[nid]
+            big = _big_constant(node, small_bytes)
+            if big is None:
+                nodes.append(node)
+            else:
+                inputs.append(helper.make_tensor_value_info(node.output[0], big.data_type, list(big.dims)))
+        g = helper.make_graph(nodes, src.name or "graph", inputs, list(src.output), small)
         model = helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(self.opsets.items())])
         model.ir_version = max(self.model.ir_version, 4)
         model.functions.extend(self.model.functions)
@@ -415,6 +392,7 @@ class Graph:
         for value in _outer_names(node):
             self.implicit_uses.setdefault(value, set()).add(nid)
         self._nx = None
+        self.version += 1
 
     def _check_unique_values(self) -> None:
         produced = sum(1 for n in self.nodes.values() for v in n.output if v)
@@ -462,19 +440,6 @@ class Graph:
             resolve_location(self.loaded.base_dir, location, tensor.name)  # refuses escapes
             return onnx.numpy_helper.to_array(tensor, base_dir=str(self.loaded.base_dir))
         return onnx.numpy_helper.to_array(tensor)
-
-    def _infer(self) -> dict[str, onnx.TypeProto]:
-        """Types from onnx shape inference, computed once on demand (rules rarely need them)."""
-        if self._inferred is None:
-            self._inferred = {}
-            try:
-                skeleton = self.skeleton()
-                inferred = onnx_inference.infer_shapes(skeleton)
-                for v in itertools.chain(inferred.graph.value_info, inferred.graph.output, inferred.graph.input):
-                    self._inferred[v.name] = v.type
-            except Exception:  # inference is a best effort: unknown types only make rules more careful
-                pass
-        return self._inferred
 
 
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -540,6 +505,20 @@ def _normalize_default_domain(model: onnx.ModelProto) -> None:
     for node in all_nodes(model):
         if node.domain == "ai.onnx":
             node.domain = ""
+
+
+def _big_constant(node: onnx.NodeProto, small_bytes: int) -> onnx.TensorProto | None:
+    """The tensor of a Constant node holding more than `small_bytes` (or external data), else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or not node.output or not node.output[0]:
+        return None
+    t = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+    if t is None or not t.data_type:
+        return None
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except Exception:  # a type numpy has no dtype for: its size cannot be told cheaply, leave the node
+        return None
+    return t if uses_external_data(t) or int(np.prod(t.dims, dtype=np.int64)) * itemsize > small_bytes else None
 
 
 def _constant_node_value(node: onnx.NodeProto, graph: Graph) -> np.ndarray | None:

@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .facts import infer_model
+
 if TYPE_CHECKING:
     from .inputs import InputSpec
 
@@ -126,7 +128,7 @@ def infer_value_types(model: onnx.ModelProto, pinned: dict[str, tuple[int, ...]]
             for d in pinned[vi.name]:
                 shape.dim.add().dim_value = d
     try:
-        light = onnx.shape_inference.infer_shapes(light, data_prop=True)
+        light = infer_model(light)  # data propagation only where it cannot exhaust memory
     except Exception:  # noqa: BLE001 - inference is a help, never a requirement
         return {}
     out = {}

@@ -10,31 +10,34 @@ attribute-vs-input forms across opsets (via `op_forms`), and schema defaults for
 from __future__ import annotations
 
 from collections.abc import Iterator
-from functools import lru_cache
 
 import numpy as np
 import onnx
 from onnx import helper
 
+from .facts import GraphFacts, attribute_default
 from .graph import Graph
 from .op_forms import Literal, Operand, logical_attribute_names, logical_inputs
 from .pattern import Const, OneOf, Op, Pattern, Var, dtype_roundings
 
 
 class Match:
-    """What a pattern bound: values by variable name, constants by name, nodes by name, all nodes.
+    """What a pattern bound: values by variable name, constants by name, nodes by name, all nodes; and
+    `facts`, what a check asks about shapes and types (the rule engine's snapshot of `graph.facts`).
 
     Bindings live in one dict keyed by (kind, name) so that branching (alternatives, commutation)
     copies one dict and one list.
     """
 
-    __slots__ = ("graph", "root", "bound", "nodes")
+    __slots__ = ("graph", "root", "bound", "nodes", "facts")
 
-    def __init__(self, graph: Graph, root: int, bound: dict | None = None, nodes: list[int] | None = None):
+    def __init__(self, graph: Graph, root: int, bound: dict | None = None, nodes: list[int] | None = None,
+                 facts: GraphFacts | None = None):
         self.graph = graph
         self.root = root
         self.bound = bound if bound is not None else {}
         self.nodes = nodes if nodes is not None else []
+        self.facts = facts if facts is not None else graph.facts
 
     def __getitem__(self, name: str) -> Operand:
         """The graph value bound to variable `name` (a Literal is materialized by the rewrite builder)."""
@@ -52,9 +55,6 @@ class Match:
     def node(self, name: str) -> onnx.NodeProto:
         return self.graph.node(self.bound[("n", name)])
 
-    def node_id(self, name: str) -> int:
-        return self.bound[("n", name)]
-
     def has(self, name: str) -> bool:
         return any((kind, name) in self.bound for kind in ("v", "c", "n"))
 
@@ -62,7 +62,7 @@ class Match:
         return [self.graph.node(n).name or self.graph.node(n).op_type for n in self.nodes]
 
     def copy(self) -> Match:
-        return Match(self.graph, self.root, dict(self.bound), list(self.nodes))
+        return Match(self.graph, self.root, dict(self.bound), list(self.nodes), self.facts)
 
 
 def match_value(pattern: Pattern, operand: Operand, m: Match) -> Iterator[Match]:
@@ -198,7 +198,7 @@ def _attributes_match(node: onnx.NodeProto, pattern: Op, opset: int) -> bool:
     for name, expected in pattern.attrs.items():
         if name in skip:
             continue
-        actual = present[name] if name in present else schema_default(node.op_type, opset, node.domain, name)
+        actual = present[name] if name in present else attribute_default(node.op_type, node.domain, opset, name)
         if isinstance(actual, bytes):
             actual = actual.decode()
         if callable(expected):
@@ -207,19 +207,6 @@ def _attributes_match(node: onnx.NodeProto, pattern: Op, opset: int) -> bool:
         elif actual != expected:
             return False
     return True
-
-
-@lru_cache(maxsize=4096)
-def schema_default(op_type: str, opset: int, domain: str, name: str):
-    """The default of an attribute per the op's schema at this opset (None when it has none)."""
-    try:
-        schema = onnx.defs.get_schema(op_type, opset, domain)
-    except Exception:
-        return None
-    attr = schema.attributes.get(name)
-    if attr is None or not attr.default_value.name:
-        return None
-    return helper.get_attribute_value(attr.default_value)
 
 
 def _constant_of(operand: Operand, graph: Graph) -> np.ndarray | None:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx.version_converter
-from onnx import defs
 
+from .errors import first_line
+from .facts import op_schema
 from .graph import Graph
 from .model_io import LoadedModel, MAX_OPSET
 from .op_forms import ATTRIBUTE_INPUTS
@@ -54,7 +55,7 @@ def upgrade(graph: Graph, opset: int, ctx) -> Graph | None:
     except Exception as exc:  # the converter raises many types; any failure means: do not upgrade
         ctx.upgrades_failed.add(opset)
         ctx.allow_upgrade = False
-        report.note(f"could not upgrade opset {have} -> {opset} ({str(exc).splitlines()[0][:200]}); "
+        report.note(f"could not upgrade opset {have} -> {opset} ({first_line(exc, 200)}); "
                     "rules that need it were skipped")
         return None
     report.note(f"upgraded opset {have} -> {opset} with onnx.version_converter (needed by a fusion)")
@@ -72,7 +73,7 @@ def upgrade_in_place(graph: Graph, have: int, want: int) -> bool:
     for nid, node in graph.nodes.items():
         if node.domain not in ("", "ai.onnx"):
             continue
-        step = _plan_node(node, have, want, graph.elem_type, lambda v: _rank(graph, v))
+        step = _plan_node(node, have, want, graph.facts.elem_type, graph.facts.rank)
         if step is False:
             return False
         if step is not None:
@@ -88,7 +89,6 @@ def upgrade_in_place(graph: Graph, have: int, want: int) -> bool:
     for function, steps in function_plans:
         _upgrade_function(function, steps, want)
     graph.set_opset(want)
-    graph.invalidate_types()
     return True
 
 
@@ -144,9 +144,8 @@ def _plan_node(node: onnx.NodeProto, have: int, want: int, elem_type, rank):
     """None: unchanged; a list of attribute moves; False: needs the converter.
 
     `elem_type(value)` and `rank(value)` tell what is known of the node's inputs (None: unknown)."""
-    try:
-        old, new = defs.get_schema(node.op_type, have), defs.get_schema(node.op_type, want)
-    except Exception:
+    old, new = op_schema(node.op_type, "", have), op_schema(node.op_type, "", want)
+    if old is None or new is None:
         return False
     if old.since_version == new.since_version:
         return None
@@ -185,64 +184,6 @@ def _over_last_axis(node: onnx.NodeProto, rank) -> bool:
         return True
     known = rank(node.input[0])
     return known is not None and axis == known - 1
-
-
-_SAME_RANK = frozenset({"Cast", "Relu", "Softmax", "LogSoftmax", "Erf", "Tanh", "Sqrt", "Neg", "Not", "Identity",
-                        "Dropout", "Transpose", "Sigmoid", "Exp", "Log", "Abs", "Reciprocal", "CastLike",
-                        "LayerNormalization", "Clip", "HardSigmoid", "HardSwish"})
-_BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Where", "And", "Or", "Xor", "Equal", "Less",
-                        "Greater", "LessOrEqual", "GreaterOrEqual", "Max", "Min", "Sum", "Mean", "MatMul"})
-
-
-def _rank(graph: Graph, value: str) -> int | None:
-    """A value's rank where onnx's inference lost its dims: through Reshape targets of known length,
-    broadcasting (the largest input rank) and rank-preserving ops. None when it cannot be told.
-
-    An explicit stack, not recursion: the chain behind a value may be 100,000 nodes long."""
-    memo: dict[str, int | None] = {}
-    stack, expanded = [value], set()
-    while stack:
-        v = stack[-1]
-        if v in memo:
-            stack.pop()
-            continue
-        shape = graph.shape(v)
-        node = graph.producer_node(v) if shape is None else None
-        if shape is not None or node is None:
-            memo[v] = len(shape) if shape is not None else None
-            stack.pop()
-            continue
-        needed = _rank_inputs(node)
-        if v not in expanded and any(i not in memo for i in needed):
-            expanded.add(v)  # a value seen again before it is decided (a cycle) counts as unknown
-            stack.extend(i for i in needed if i not in memo and i not in expanded)
-            continue
-        memo[v] = _rank_of(graph, node, [memo.get(i) for i in needed])
-        stack.pop()
-    return memo[value]
-
-
-def _rank_inputs(node: onnx.NodeProto) -> list[str]:
-    """The inputs whose ranks decide the rank of the node's output."""
-    if node.op_type in _SAME_RANK or node.op_type == "Expand":
-        return node.input[:1]
-    if node.op_type in _BROADCAST:
-        return [v for v in node.input if v]
-    return []
-
-
-def _rank_of(graph: Graph, node: onnx.NodeProto, ranks: list[int | None]) -> int | None:
-    if node.op_type in _SAME_RANK and ranks:
-        return ranks[0]
-    if node.op_type in _BROADCAST and ranks and None not in ranks:
-        return max(ranks)
-    if node.op_type in ("Reshape", "Expand") and len(node.input) > 1:
-        target = graph.shape(node.input[1])
-        if target is not None and isinstance(target[0], int):
-            if node.op_type == "Reshape":
-                return target[0]
-            return max(target[0], ranks[0]) if ranks and ranks[0] is not None else None
-    return None
 
 
 def _move_attributes_to_inputs(graph: Graph, nid: int, moves) -> None:

@@ -1,7 +1,8 @@
 """Everything a run of fuser can be asked to do, in one dataclass the report records verbatim.
 
 The CLI's option groups and the library call `fuser.optimize(..., **options)` both fill this, so a
-report's `options` section reproduces the run exactly.
+report's `options` section reproduces the run exactly. Only what a user asks for: the state of a run
+(rewrites rolled back, upgrades that failed) lives in its `pass_manager.RunContext`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ class Options:
     max_iterations: int = 8  # cap on fixed-point rounds of the pass pipeline
     external_data: bool | None = None  # None: as the input had it (forced on past 2 GB)
     progress: bool = False
-    disabled: frozenset[str] = field(default_factory=frozenset)  # rewrite keys rolled back by validation
     # numerics validation (fuser/validate.py, fuser/rollback.py): on by default
     validate: bool = True
     strict: bool = False  # fail instead of rolling back the rewrites that changed the outputs

@@ -1,11 +1,14 @@
 """Ordered passes run to a fixed point, with a cap, statistics, and stated preconditions.
 
 A pass is an object with a `name`, optional `requires` (names of conditions in `CONDITIONS`, checked
-before its first run) and `run(graph, ctx) -> bool` that says whether it changed the graph — that flag
-is what makes the fixed point cheap: a round in which no pass changed anything ends the loop.
-When a fusion needs a higher opset and upgrades are allowed, the rule pass raises `UpgradeNeeded`; the
-manager upgrades the model once (see `opset.upgrade`) and carries on with the upgraded graph.
+before its first run) and `run(graph, ctx) -> PassResult`, which says whether it changed the graph —
+that flag is what makes the fixed point cheap: a round in which no pass changed anything ends the loop.
+A pass that stopped because the model needs a higher opset (a fusion's op) says so in `needs_opset`;
+the manager upgrades the model (see `opset.upgrade`) and runs the round again on the upgraded graph.
 A pass with `final = True` is not part of the fixed point: it runs once, after it (fp16 conversion).
+
+`RunContext` is what passes share during one run: the user's options, the report, and the run's own
+state — rewrites validation rolled back (`disabled`), whether and how far the opset may still be raised.
 """
 
 from __future__ import annotations
@@ -17,39 +20,43 @@ from typing import Protocol
 
 import onnx
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .graph import Graph
+from .opset import upgrade
 from .options import Options
 from .report import Report
-from .rule import UpgradeNeeded
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What one run of a pass did: changed the graph; stopped because the model needs `needs_opset`."""
+
+    modified: bool
+    needs_opset: int | None = None
 
 
 class Pass(Protocol):
     name: str
     requires: tuple[str, ...]
 
-    def run(self, graph: Graph, ctx: Context) -> bool: ...
+    def run(self, graph: Graph, ctx: RunContext) -> PassResult: ...
 
 
 @dataclass
-class Context:
-    """What passes share during one run: the options, the report, and derived limits."""
+class RunContext:
+    """What passes share during one run: the options, the report, and the run's state."""
 
     options: Options
     report: Report
-    max_opset: int
-    allow_upgrade: bool = True
-    wanted_opset: int = 0  # the opset an upgrade goes to (set by the fusion pass: the most its rules need)
+    max_opset: int  # the highest opset this run may raise the model to
+    allow_upgrade: bool = True  # cleared by a failed upgrade
+    disabled: frozenset[str] = frozenset()  # rewrite keys (rule@root-value) validation rolled back
     progress: Callable[[str], None] = lambda msg: None
     upgrades_failed: set[int] = field(default_factory=set)
 
     @property
     def target(self) -> str:
         return self.options.target
-
-    @property
-    def disabled(self) -> frozenset[str]:
-        return self.options.disabled
 
 
 def _acyclic(graph: Graph) -> str | None:
@@ -61,7 +68,7 @@ def _checker_valid(graph: Graph) -> str | None:
     try:
         onnx.checker.check_model(graph.to_model())
     except onnx.checker.ValidationError as exc:
-        return str(exc).splitlines()[0]
+        return first_line(exc)
     return None
 
 
@@ -86,9 +93,7 @@ class PassManager:
         self.passes = list(passes)
         self.max_iterations = max_iterations
 
-    def run(self, graph: Graph, ctx: Context) -> Graph:
-        from .opset import upgrade
-
+    def run(self, graph: Graph, ctx: RunContext) -> Graph:
         checked: set[str] = set()
         report = ctx.report
         looped = [p for p in self.passes if not getattr(p, "final", False)]
@@ -100,22 +105,19 @@ class PassManager:
                 stats = report.pass_stats(p.name)
                 ctx.progress(f"round {iteration}: {p.name} ({len(graph)} nodes)")
                 start = time.perf_counter()
-                try:
-                    modified = p.run(graph, ctx)
-                except UpgradeNeeded as need:
-                    stats.time_s += time.perf_counter() - start
-                    upgraded = upgrade(graph, need.opset, ctx)
+                result = p.run(graph, ctx)
+                stats.time_s += time.perf_counter() - start
+                stats.runs += 1
+                if result.modified:
+                    stats.modified += 1
+                    changed = True
+                if result.needs_opset is not None:
+                    upgraded = upgrade(graph, result.needs_opset, ctx)
                     if upgraded is not None:
                         graph = upgraded
                         changed = True
                         checked.clear()
                         break  # restart the round on the upgraded graph
-                    continue
-                stats.time_s += time.perf_counter() - start
-                stats.runs += 1
-                if modified:
-                    stats.modified += 1
-                    changed = True
             if not changed:
                 report.reached_fixed_point = True
                 return self._run_final(graph, ctx)
@@ -124,7 +126,7 @@ class PassManager:
                     "(raise --max-iterations)")
         return self._run_final(graph, ctx)
 
-    def _run_final(self, graph: Graph, ctx: Context) -> Graph:
+    def _run_final(self, graph: Graph, ctx: RunContext) -> Graph:
         """Passes marked `final = True` (precision conversion) run once each, in order, after the loop."""
         for p in self.passes:
             if not getattr(p, "final", False):
@@ -133,8 +135,8 @@ class PassManager:
             stats = ctx.report.pass_stats(p.name)
             ctx.progress(f"final: {p.name} ({len(graph)} nodes)")
             start = time.perf_counter()
-            modified = p.run(graph, ctx)
+            result = p.run(graph, ctx)
             stats.time_s += time.perf_counter() - start
             stats.runs += 1
-            stats.modified += int(bool(modified))
+            stats.modified += int(result.modified)
         return graph

@@ -1,7 +1,7 @@
 """Validate an optimization and, when it changed the outputs, roll back exactly the rewrites that did it.
 
-Every applied rewrite has a stable key (`rule@root-value`); `Options.disabled` makes the engine skip
-those instances. A *trial* re-runs the whole optimization from the original with every rewrite disabled
+Every applied rewrite has a stable key (`rule@root-value`); the run context's `disabled` keys make the
+engine skip those instances. A *trial* re-runs the whole optimization from the original with every rewrite disabled
 except an *enabled* set, and validates the result. The search is adaptive group testing:
 
     search(group, kept):                      # kept: rewrites known to pass together
@@ -44,11 +44,10 @@ class Trial:
 class Bisector:
     """Runs trials (cached by enabled set) and searches for culprits among rewrite keys."""
 
-    def __init__(self, validator: Validator, rerun: Callable[[frozenset[str]], Run], base_disabled: frozenset[str],
-                 universe: set[str], progress: Callable[[str], None]):
+    def __init__(self, validator: Validator, rerun: Callable[[frozenset[str]], Run], universe: set[str],
+                 progress: Callable[[str], None]):
         self.validator = validator
         self.rerun = rerun
-        self.base_disabled = base_disabled
         self.universe = set(universe)
         self.progress = progress
         self.runs = 0
@@ -62,7 +61,7 @@ class Bisector:
         if enabled in self.cache:
             return self.cache[enabled]
         while True:
-            disabled = frozenset(self.base_disabled | (self.universe - enabled))
+            disabled = frozenset(self.universe - enabled)
             self.runs += 1
             self.progress(f"validation: trial {self.runs} with {len(enabled)} of {len(self.universe)} rewrites")
             try:
@@ -137,7 +136,7 @@ def validate_run(loaded, options, first: Run, rerun: Callable[[frozenset[str]], 
         raise ValidationFailed(f"the optimized model's outputs differ from the original's and no fusion was "
                                f"applied: a non-fusion pass changed the numerics ({describe_failure(result)}); "
                                "nothing was written — " + _non_fusion_hint(options), report)
-    bisector = Bisector(validator, rerun, frozenset(options.disabled), set(keys), progress)
+    bisector = Bisector(validator, rerun, set(keys), progress)
     for f in report.fusions:
         bisector.fusions.setdefault(f.key, f)
     bisector.cache[frozenset(keys)] = Trial(frozenset(keys), result, None)

@@ -3,16 +3,22 @@
     HARD_SIGMOID = Rule(
         name="hardsigmoid", family="hsigmoid", emits="HardSigmoid", min_opset=6,
         pattern=op.Div(op.Clip(op.Add(x, 3.0), 0.0, 6.0), 6.0),
-        rewrite=lambda m, b: b.op("HardSigmoid", m["x"], alpha=1 / 6, beta=0.5),
+        rewrite=lambda m, b, _: b.op("HardSigmoid", m["x"], alpha=1 / 6, beta=0.5),
     )
+
+`check(m)` looks at one match and returns either a `Refusal("why")` or what it found (any object, or
+None); `rewrite(m, builder, analysis)` receives that, so nothing is worked out twice and nothing travels
+beside the call. Outcomes are declared, never raised.
 
 `apply_rule` is the engine that runs one rule over a graph: candidates come from the index of the
 pattern's root op; every structural match then passes, in order, the rule's check, the safety check
 (no value the match would remove is used outside it or is a graph output), the opset check (the
 model's opset is at least what the emitted ops need, or may be upgraded to it) and, once the
 replacement is built, the type check (every emitted op accepts its inputs' element types at that
-opset, per its schema: `op_types`). The first refusal of a candidate is kept as a near miss, with its
-reason, for the report.
+opset, per its schema: `facts.signature`). The first refusal of a candidate is kept as a near miss,
+with its reason, for the report. A match that needs an opset the run may upgrade to stops the rule
+with `NeedsOpset`: the fusion pass hands it to the pass manager, which upgrades the model and runs the
+round again. Shapes and types come from one snapshot of `graph.facts` per run of the rule pass.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from . import op_types
+from .facts import DEFAULT_DOMAINS, GraphFacts, first_accepting_opset, known_schema, type_name
 from .graph import Graph
 from .matcher import Match, match_value, may_match_at
 from .op_forms import Literal
@@ -34,12 +41,28 @@ MAX_MATCHES_PER_CANDIDATE = 64  # alternatives x commutations explored at one ro
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """Why a match is not rewritten; the report keeps it as a near miss."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class NeedsOpset:
+    """A match that can be rewritten once the model is at `opset`, which this run may upgrade to."""
+
+    opset: int
+
+
+@dataclass(frozen=True)
 class Rule:
+    """pattern + check + rewrite (see the module docstring); `emits` and `min_opset` say what it builds."""
+
     name: str
     family: str
     pattern: Pattern
-    rewrite: Callable[[Match, Rewriter], str | dict[str, str]]
-    check: Callable[[Match], str | None] | None = None
+    rewrite: Callable[[Match, Rewriter, Any], str | dict[str, str]]  # (match, builder, check's analysis)
+    check: Callable[[Match], Refusal | Any] | None = None  # a Refusal, or the analysis rewrite receives
     emits: str = ""
     min_opset: int = 1
     spellings: tuple[str, ...] = ()
@@ -88,15 +111,20 @@ class NearMiss:
                                   metadata={"json": False})  # what the match covered (node ids of this run)
 
 
-class UpgradeNeeded(Exception):
-    """Raised inside the engine when a match needs a higher opset that the run may upgrade to."""
+@dataclass
+class RuleResult:
+    """What one run of a rule did: its rewrites, its near misses, and whether it stopped for an upgrade."""
 
-    def __init__(self, opset: int):
-        self.opset = opset
+    fusions: list[Fusion] = field(default_factory=list)
+    near_misses: list[NearMiss] = field(default_factory=list)
+    needs: NeedsOpset | None = None
 
 
 class Rewriter:
-    """What a rule's rewrite uses to build its replacement: ops, constants, operands."""
+    """What a rule's rewrite uses to build its replacement: ops, constants, operands.
+
+    An op the target may not contain (a non-standard domain for tensorrt or generic) is built all the
+    same and recorded in `refusal`: the engine then removes everything the rewrite built."""
 
     def __init__(self, graph: Graph, rule: Rule, match: Match, anchor: int, target: str):
         self.graph = graph
@@ -106,12 +134,13 @@ class Rewriter:
         self.target = target
         self.created: list[int] = []
         self.initializers: list[str] = []
+        self.refusal: Refusal | None = None
         self._prefix = graph.node(anchor).name or rule.name
 
     def op(self, op_type: str, *inputs: str | Literal | None, outputs: int = 1, domain: str = "",
            **attrs) -> str | list[str]:
-        if domain not in ("", "ai.onnx") and self.target in ("tensorrt", "generic"):
-            raise RefusedRewrite(f"would emit {domain}.{op_type}, a non-standard op, for target '{self.target}'")
+        if domain not in DEFAULT_DOMAINS and self.target in ("tensorrt", "generic") and self.refusal is None:
+            self.refusal = Refusal(f"would emit {domain}.{op_type}, a non-standard op, for target '{self.target}'")
         names = [self.operand(i) if i is not None else "" for i in inputs]
         while names and not names[-1]:
             names.pop()
@@ -137,16 +166,13 @@ class Rewriter:
             self.graph.remove_initializer(name)
         self.graph.opsets.clear()
         self.graph.opsets.update(opsets)
+        self.graph.touch()
 
     def operand(self, value: str | Literal) -> str:
         """A graph value for an operand (attribute-borne literals become initializers)."""
         if isinstance(value, Literal):
             return self.const(value.value, "literal")
         return value
-
-
-class RefusedRewrite(Exception):
-    """A rewrite that found, while building, that it cannot apply; carries the reason."""
 
 
 def unsafe_reason(match: Match, replaced: set[str]) -> str | None:
@@ -169,10 +195,11 @@ def unsafe_reason(match: Match, replaced: set[str]) -> str | None:
     return None
 
 
-def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats) -> tuple[list[Fusion], list[NearMiss]]:
-    """Apply `rule` everywhere it matches, once per candidate; return fusions and near misses."""
-    fusions: list[Fusion] = []
-    near: list[NearMiss] = []
+def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats, facts: GraphFacts | None = None) -> RuleResult:
+    """Apply `rule` everywhere it matches, once per candidate, asking `facts` (default: a snapshot of
+    `graph.facts`) about shapes and types."""
+    facts = facts or graph.facts.snapshot()
+    result = RuleResult()
     start = time.perf_counter()
     candidates = sorted({nid for op_type in rule.root_ops() for nid in graph.by_op.get(op_type, ())},
                         key=graph.order.__getitem__)
@@ -192,18 +219,20 @@ def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats) -> tuple[list[Fu
             if key in ctx.disabled:
                 reason = reason or "rolled back: this instance changed the outputs in validation"
                 continue
-            for k, m in enumerate(match_value(rule.pattern, root_value, Match(graph, nid))):
+            for k, m in enumerate(match_value(rule.pattern, root_value, Match(graph, nid, facts=facts))):
                 if k >= MAX_MATCHES_PER_CANDIDATE:
                     break
                 stats.matches += 1
-                refusal = (rule.check(m) if rule.check else None) or unsafe_reason(m, {root_value}) \
-                    or _opset_refusal(graph, ctx, rule.min_opset, _needs(rule), upgrade=False)
-                fusion = refusal or _rewrite(graph, rule, m, nid, root_value, key, ctx)
-                if isinstance(fusion, str):
+                outcome = _apply(graph, rule, m, nid, root_value, key, ctx)
+                if isinstance(outcome, NeedsOpset):
+                    result.needs = outcome
+                    stats.time_s += time.perf_counter() - start
+                    return result
+                if isinstance(outcome, Refusal):
                     if reason is None:
-                        reason, covered = fusion, frozenset(m.nodes)
+                        reason, covered = outcome.reason, frozenset(m.nodes)
                     continue
-                fusions.append(fusion)
+                result.fusions.append(outcome)
                 stats.hits += 1
                 reason = None
                 break
@@ -211,84 +240,92 @@ def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats) -> tuple[list[Fu
                 continue
             break
         if reason:
-            near.append(NearMiss(rule.name, rule.family, at, reason, covered))
+            result.near_misses.append(NearMiss(rule.name, rule.family, at, reason, covered))
     stats.time_s += time.perf_counter() - start
-    return fusions, near
+    return result
+
+
+def _apply(graph: Graph, rule: Rule, m: Match, nid: int, root_value: str, key: str, ctx
+           ) -> Fusion | Refusal | NeedsOpset:
+    """One match through the check, the safety and opset gates, the rewrite and the type gate."""
+    analysis = rule.check(m) if rule.check else None
+    if isinstance(analysis, Refusal):
+        return analysis
+    if isinstance(analysis, str):  # the old spelling of a refusal: taken as an analysis, it would rewrite
+        raise TypeError(f"rule {rule.name}: check returned the string {analysis!r}; a refusal is Refusal(reason)")
+    unsafe = unsafe_reason(m, {root_value})
+    if unsafe:
+        return Refusal(unsafe)
+    # an opset the run may upgrade to is decided after the type gate, which may need a later one still
+    refusal = _opset_gate(graph, ctx, rule.min_opset, _needs(rule), upgrade=False)
+    return refusal or _rewrite(graph, rule, m, nid, root_value, key, ctx, analysis)
 
 
 def _needs(rule: Rule) -> str:
     return f"emits {rule.emits}, which needs opset {rule.min_opset}"
 
 
-def _opset_refusal(graph: Graph, ctx, needed: int, what: str, upgrade: bool = True) -> str | None:
-    """None when the model's opset is at least `needed`; else raise UpgradeNeeded (`upgrade=False`: return
-    None, the caller decides later) when the run may upgrade to it, or say why it may not."""
+def _opset_gate(graph: Graph, ctx, needed: int, what: str, upgrade: bool = True) -> Refusal | NeedsOpset | None:
+    """None when the model's opset is at least `needed`; NeedsOpset when the run may upgrade to it
+    (`upgrade=False`: None, the caller decides later); else the Refusal that says why it may not."""
     have = graph.opset()
     if have >= needed:
         return None
     if ctx.allow_upgrade and needed <= ctx.max_opset:
-        if not upgrade:
-            return None
-        raise UpgradeNeeded(max(needed, getattr(ctx, "wanted_opset", 0)))
+        return NeedsOpset(needed) if upgrade else None
     if not ctx.allow_upgrade:
-        return f"{what}; the model has opset {have} and upgrades are disabled"
-    return f"{what}; the target opset is {ctx.max_opset} (raise it with --target-opset {needed})"
+        return Refusal(f"{what}; the model has opset {have} and upgrades are disabled")
+    return Refusal(f"{what}; the target opset is {ctx.max_opset} (raise it with --target-opset {needed})")
 
 
-def _type_refusal(graph: Graph, rule: Rule, m: Match, created: list[int], ctx) -> str | None:
+def _type_gate(graph: Graph, rule: Rule, m: Match, created: list[int], ctx) -> Refusal | NeedsOpset | None:
     """Does every op the rewrite created accept its inputs' element types at the model's opset (and is
     that opset at least the rule's `min_opset`)?
 
-    When the emitted ops need a later opset (HardSwish takes bfloat16 from opset 22), this raises
-    UpgradeNeeded where the run may upgrade to it, and otherwise returns the reason. An unknown type is
-    refused: the gate cannot prove acceptance, and a wrong guess writes a model that fails the checker.
+    When the emitted ops need a later opset (HardSwish takes bfloat16 from opset 22), the answer is
+    NeedsOpset where the run may upgrade to it, and otherwise the reason. An unknown type is refused:
+    the gate cannot prove acceptance, and a wrong guess writes a model that fails the checker.
     """
     nodes = [graph.node(c) for c in created]
-    types = op_types.input_types(graph, nodes, [graph.node(n) for n in m.nodes])
+    types = m.facts.input_types(nodes, [graph.node(n) for n in m.nodes])
     needed, what = rule.min_opset, _needs(rule)
     for node in nodes:
-        if not op_types.known_schema(node.op_type, node.domain):
+        if not known_schema(node.op_type, node.domain):
             continue  # a custom op: nothing to check against
         unknown = [v for v in node.input if v and v not in types]
         if unknown:
-            return (f"the element type of '{unknown[0]}' is unknown, so it cannot be told whether "
-                    f"{_qualified(node)} accepts it")
+            return Refusal(f"the element type of '{unknown[0]}' is unknown, so it cannot be told whether "
+                           f"{_qualified(node)} accepts it")
         elem = [types[v] if v else None for v in node.input]
-        given = ", ".join(dict.fromkeys(op_types.type_name(e) for e in elem if e is not None))
-        default = (node.domain or "") in op_types.DEFAULT_DOMAINS
+        given = ", ".join(dict.fromkeys(type_name(e) for e in elem if e is not None))
+        default = (node.domain or "") in DEFAULT_DOMAINS
         have = graph.opset(node.domain)
         if not have:
-            return f"emits {_qualified(node)}, but the model does not import the domain '{node.domain}'"
+            return Refusal(f"emits {_qualified(node)}, but the model does not import the domain '{node.domain}'")
         lowest = max(have, rule.min_opset) if default else have
-        first = op_types.first_accepting_opset(node.op_type, node.domain, elem, lowest,
-                                               None if default else have)
+        first = first_accepting_opset(node.op_type, node.domain, elem, lowest, None if default else have)
         if first is None:
-            return f"{_qualified(node)} does not accept {given}" + ("" if default else f" (version {have})")
+            return Refusal(f"{_qualified(node)} does not accept {given}" + ("" if default else f" (version {have})"))
         if first > needed:
             needed, what = first, f"{_qualified(node)} accepts {given} from opset {first}"
-    return _opset_refusal(graph, ctx, needed, what)
+    return _opset_gate(graph, ctx, needed, what)
 
 
 def _qualified(node) -> str:
-    return node.op_type if (node.domain or "") in op_types.DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
+    return node.op_type if (node.domain or "") in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
 
 
-def _rewrite(graph: Graph, rule: Rule, m: Match, nid: int, root_value: str, key: str, ctx) -> Fusion | str:
+def _rewrite(graph: Graph, rule: Rule, m: Match, nid: int, root_value: str, key: str, ctx, analysis
+             ) -> Fusion | Refusal | NeedsOpset:
     """Build the rule's replacement and, when the emitted ops accept their types, swap it in."""
     builder = Rewriter(graph, rule, m, nid, ctx.target)
     opsets = dict(graph.opsets)
     replaced_names = m.node_names()
-    try:
-        result = rule.rewrite(m, builder)
-        refusal = _type_refusal(graph, rule, m, builder.created, ctx)
-    except (RefusedRewrite, UpgradeNeeded) as stop:
+    result = rule.rewrite(m, builder, analysis)
+    stop = builder.refusal or _type_gate(graph, rule, m, builder.created, ctx)
+    if stop is not None:
         builder.undo(opsets)
-        if isinstance(stop, UpgradeNeeded):
-            raise
-        return str(stop)
-    if refusal:
-        builder.undo(opsets)
-        return refusal
+        return stop
     mapping = result if isinstance(result, dict) else {root_value: result}
     extra = set(mapping) - {root_value}
     if extra and unsafe_reason(m, set(mapping)) is not None:

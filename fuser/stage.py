@@ -32,13 +32,14 @@ from pathlib import Path
 
 import onnx
 
+from . import assembly
 from .errors import ModelError, UsageError, first_line
 from .graph import Graph
 from .model_io import (PROTOBUF_LIMIT, LoadedModel, from_proto, iter_tensors, load_model, save_model, stored_size,
                        uses_external_data)
 from .options import Options
 from .outputs import OutputPlan, model_companions, write_atomic
-from .pass_manager import Context, PassManager
+from .pass_manager import PassManager, RunContext
 from .report import ModelSummary, Report
 from .report.formats import render
 from .trt import BuildOptions, BuildResult, build_engine, plan_build_outputs
@@ -134,15 +135,7 @@ def load(model: ModelLike) -> LoadedModel:
 
 def _check_rule_names(options: Options) -> None:
     """Unknown rule or family names are a usage error before any work."""
-    from fuser.rules import select_rules  # chosen outside the core: the assembly (issue 14) takes this over
-
-    select_rules(options.rules, options.skip_rules, options.target)
-
-
-def _default_passes(options: Options) -> list:
-    from fuser.passes import default_passes  # chosen outside the core: the assembly (issue 14) takes this over
-
-    return default_passes(options)
+    assembly.select_rules(options.rules, options.skip_rules, options.target)
 
 
 def _run_validated(loaded: LoadedModel, options: Options, passes, progress) -> tuple[onnx.ModelProto, Report, Graph]:
@@ -155,22 +148,23 @@ def _run_validated(loaded: LoadedModel, options: Options, passes, progress) -> t
     from .rollback import validate_run
 
     def rerun(disabled: frozenset[str]):
-        return _run(loaded, replace(options, validate=False, disabled=disabled), passes, progress, summary)
+        return _run(loaded, replace(options, validate=False), passes, progress, summary, disabled)
 
     optimized, report, graph = validate_run(loaded, options, first, rerun, progress)
     report.time_s = time.perf_counter() - start
     return optimized, report, graph
 
 
-def _run(loaded: LoadedModel, options: Options, passes, progress,
-         input_summary: ModelSummary | None = None) -> tuple[onnx.ModelProto, Report, Graph]:
+def _run(loaded: LoadedModel, options: Options, passes, progress, input_summary: ModelSummary | None = None,
+         disabled: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, Report, Graph]:
+    """One optimization of `loaded`; the rewrites whose keys are in `disabled` (rolled back) are not made."""
     start = time.perf_counter()
     report = Report(options=options)
     report.input = input_summary or ModelSummary.of(loaded.model, loaded.path)
     graph = Graph(loaded)
-    ctx = Context(options=options, report=report, max_opset=options.max_opset_for(graph.opset()),
-                  allow_upgrade=options.allow_upgrade, progress=progress or (lambda msg: None))
-    manager = PassManager(passes if passes is not None else _default_passes(options), options.max_iterations)
+    ctx = RunContext(options=options, report=report, max_opset=options.max_opset_for(graph.opset()),
+                     allow_upgrade=options.allow_upgrade, disabled=disabled, progress=progress or (lambda msg: None))
+    manager = PassManager(passes if passes is not None else assembly.default_passes(options), options.max_iterations)
     graph = manager.run(graph, ctx)
     optimized = graph.to_model()
     problem = _checker_problem(optimized)

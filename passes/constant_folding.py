@@ -26,11 +26,12 @@ import onnx
 import onnx.numpy_helper
 from onnx import helper
 
-from fuser import onnx_inference
+from fuser.errors import first_line
+from fuser.facts import GraphFacts, infer_model, type_shape
 from fuser.graph import Graph
+from fuser.pass_manager import PassResult
 
 from .sections import FoldingSection, FoldSkipped
-from .shape_inference import type_shape
 
 NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
                               "Multinomial", "Bernoulli", "Dropout"})
@@ -67,7 +68,7 @@ class ConstantFolding:
         self._graph = None
         self._given_up: dict[int, tuple[str, ...]] = {}  # node id -> its inputs when it could not be folded
 
-    def run(self, graph: Graph, ctx) -> bool:
+    def run(self, graph: Graph, ctx) -> PassResult:
         budget = self.budget_bytes
         if budget is None:
             budget = getattr(ctx.options, "fold_budget_bytes", DEFAULT_BUDGET)
@@ -79,7 +80,7 @@ class ConstantFolding:
         region = _prune(graph, constant_region(graph),
                         lambda nid: self._given_up.get(nid) == tuple(graph.node(nid).input), skipped, None)
         if not region:
-            return False
+            return PassResult(False)
         refs = graph.subgraph_refs()
         produced = {o for nid in region for o in graph.node(nid).output if o}
         leaves = sorted({v for nid in region for v in graph.node(nid).input if v and v not in produced})
@@ -88,14 +89,14 @@ class ConstantFolding:
                         "a constant input cannot be read (a sparse or malformed Constant)")
         leaves = [v for v in leaves if v not in unreadable]
         leaf_set = set(leaves)
-        info = _static_info(graph, region, leaves) if region else {}
+        facts = graph.facts.snapshot()  # sizes of the region's results, told before computing them
 
         def nbytes(value: str, arrays: dict | None = None) -> int | None:
             if arrays is not None and value in arrays:
                 return int(arrays[value].nbytes)
             if value in leaf_set:
                 return graph.constant_nbytes(value)
-            shape, elem = info.get(value, (None, 0))
+            shape, elem = facts.shape(value), facts.elem_type(value)
             if shape is None or not elem or not all(isinstance(d, int) for d in shape):
                 return None
             return int(np.prod(shape, dtype=np.int64)) * _itemsize(elem)
@@ -123,7 +124,7 @@ class ConstantFolding:
             return None
 
         bounded = all(nbytes(o) is not None for nid in region for o in graph.node(nid).output if o)
-        arrays = evaluate(graph, region, skipped, info, None if bounded else bound) if region else {}
+        arrays = evaluate(graph, region, skipped, facts, None if bounded else bound) if region else {}
         region = _prune(graph, region, lambda nid: nid in skipped or not all(
             o in arrays for o in graph.node(nid).output if o), skipped, None)
         region = _prune(graph, region, over_budget(arrays), skipped, reason)  # actual sizes
@@ -137,7 +138,7 @@ class ConstantFolding:
             if all(e.node != entry.node for e in section.skipped) and len(section.skipped) < MAX_SKIPPED:
                 section.skipped.append(entry)
         if not region:
-            return False
+            return PassResult(False)
 
         members = set(region)
         frontier = [o for nid in region for o in graph.node(nid).output
@@ -153,7 +154,7 @@ class ConstantFolding:
                     and v not in graph.input_names)
         section.folded += len(region)
         section.bytes_added += added - freed
-        return True
+        return PassResult(True)
 
 
 def _prune(graph: Graph, region: list[int], bad, skipped: dict[int, str], reason: str | None) -> list[int]:
@@ -224,31 +225,7 @@ def tiny_model(graph: Graph, nodes: list[onnx.NodeProto], leaves: dict[str, np.n
     return model
 
 
-def _static_info(graph: Graph, region: list[int], leaves: list[str]) -> dict[str, tuple[list | None, int]]:
-    """Shapes and element types of the region's values, from onnx inference on the region alone."""
-    stand_ins: dict[str, np.ndarray | onnx.TensorProto] = {}
-    for v in leaves:
-        if v in graph.initializers and graph.constant_nbytes(v) > 4096:
-            stand_ins[v] = graph.initializers[v]  # dims and type suffice; never read big weights here
-        else:
-            arr = _read(graph, v)
-            if arr is None:
-                return {}
-            stand_ins[v] = arr
-    outputs = [o for nid in region for o in graph.node(nid).output if o]
-    try:
-        model = tiny_model(graph, [graph.node(nid) for nid in region], stand_ins, outputs, typed_only=True)
-        inferred = onnx_inference.infer_shapes(model)
-    except Exception:
-        return {}
-    info = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-        if vi.type.HasField("tensor_type"):
-            info[vi.name] = (type_shape(vi.type), vi.type.tensor_type.elem_type)
-    return info
-
-
-def evaluate(graph: Graph, region: list[int], skipped: dict[int, str], info: dict,
+def evaluate(graph: Graph, region: list[int], skipped: dict[int, str], facts: GraphFacts,
              bound=None) -> dict[str, np.ndarray]:
     """Values of every output of `region`: one onnxruntime session, else node by node with fallbacks.
 
@@ -267,7 +244,7 @@ def evaluate(graph: Graph, region: list[int], skipped: dict[int, str], info: dic
     if bound is None:
         try:
             values = dict(zip(outputs, run_ort(tiny_model(graph, nodes, leaves, outputs), outputs)))
-            if _types_ok(values, info):
+            if _types_ok(values, facts):
                 return values
         except Exception:
             pass
@@ -286,9 +263,9 @@ def evaluate(graph: Graph, region: list[int], skipped: dict[int, str], info: dic
             try:
                 got = dict(zip(outs, engine(tiny_model(graph, [node], feeds, outs), outs)))
             except Exception as exc:  # any failure of an evaluator means: try the next one
-                errors.append(f"{engine.__doc__.split(':')[0]}: {_first_line(exc)}")
+                errors.append(f"{engine.__doc__.split(':')[0]}: {first_line(exc, 200)}")
                 continue
-            if not _types_ok(got, info):
+            if not _types_ok(got, facts):
                 errors.append(f"{engine.__doc__.split(':')[0]}: returned an unexpected element type")
                 continue
             values.update(got)
@@ -308,7 +285,7 @@ def result_bytes(graph: Graph, node: onnx.NodeProto, feeds: dict[str, np.ndarray
     outputs = [o for o in node.output if o]
     try:
         model = tiny_model(graph, [node], feeds, outputs, typed_only=True)
-        inferred = onnx_inference.infer_shapes(model)
+        inferred = infer_model(model)
     except Exception:
         return None
     types = {vi.name: vi.type for vi in inferred.graph.output}
@@ -330,9 +307,10 @@ _DATA_DEPENDENT = {
 }
 
 
-def _types_ok(values: dict[str, np.ndarray], info: dict) -> bool:
+def _types_ok(values: dict[str, np.ndarray], facts: GraphFacts) -> bool:
+    """Are the computed arrays of the element types inference told (an evaluator may widen or narrow)?"""
     for name, arr in values.items():
-        elem = info.get(name, (None, 0))[1]
+        elem = facts.elem_type(name)
         if not isinstance(arr, np.ndarray):
             return False
         if elem and arr.dtype != object:
@@ -342,11 +320,6 @@ def _types_ok(values: dict[str, np.ndarray], info: dict) -> bool:
             except Exception:
                 return False
     return True
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def run_ort(model: onnx.ModelProto, outputs: list[str]) -> list[np.ndarray]:

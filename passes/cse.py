@@ -15,6 +15,7 @@ from __future__ import annotations
 import onnx
 
 from fuser.graph import Graph
+from fuser.pass_manager import PassResult
 
 from .constant_folding import NONDETERMINISTIC
 from .sections import CleanupSection
@@ -40,7 +41,7 @@ class CommonSubexpressionElimination:
     name = "cse"
     requires = ("acyclic",)
 
-    def run(self, graph: Graph, ctx) -> bool:
+    def run(self, graph: Graph, ctx) -> PassResult:
         protected = graph.subgraph_refs()
         seen: dict[tuple, int] = {}
         merged = 0
@@ -63,4 +64,4 @@ class CommonSubexpressionElimination:
             merged += 1
         if merged:
             ctx.report.section(CleanupSection).cse_merged += merged
-        return merged > 0
+        return PassResult(merged > 0)

@@ -8,14 +8,14 @@ dead nodes goes in one run.
 from __future__ import annotations
 
 from fuser.graph import Graph
-
+from fuser.pass_manager import PassResult
 
 
 class DeadCodeElimination:
     name = "dead-code"
     requires = ()
 
-    def run(self, graph: Graph, ctx) -> bool:
+    def run(self, graph: Graph, ctx) -> PassResult:
         dead = [nid for nid in graph.nodes if self._is_dead(graph, nid)]
         removed = 0
         while dead:
@@ -34,7 +34,7 @@ class DeadCodeElimination:
                   and not graph.read_by_subgraph(name)]
         for name in unused:
             graph.remove_initializer(name)
-        return bool(removed or unused)
+        return PassResult(bool(removed or unused))
 
     @staticmethod
     def _is_dead(graph: Graph, nid: int) -> bool:

@@ -19,6 +19,7 @@ import onnx.numpy_helper
 
 from fuser.graph import Graph
 from fuser.model_io import external_ends, external_sha256, uses_external_data
+from fuser.pass_manager import PassResult
 
 from .sections import CleanupSection
 
@@ -73,7 +74,7 @@ class InitializerDedup:
     name = "dedup-initializers"
     requires = ()
 
-    def run(self, graph: Graph, ctx) -> bool:
+    def run(self, graph: Graph, ctx) -> PassResult:
         protected = graph.subgraph_refs() | set(graph.input_names)
         cache = _DIGESTS.get(graph)
         if cache:  # forget tensors that were removed or replaced
@@ -102,4 +103,4 @@ class InitializerDedup:
             section = ctx.report.section(CleanupSection)
             section.initializers_merged += merged
             section.initializer_bytes_saved += saved
-        return merged > 0
+        return PassResult(merged > 0)

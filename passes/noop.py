@@ -11,6 +11,8 @@ The constant operand of Add/Mul/Sub/Div must not broadcast x to a bigger shape: 
 x of shape [3] or [N, 3] (N may be 1) stays. Runs after the fusion rules, never before: an `x * 1`
 removed first would hide a LayerNorm's γ = 1 from the LayerNorm rule. A node whose output is a graph
 output is removed only when its input can take the output's name (it is produced by a node).
+Shapes and element types are `graph.facts`: inference of the graph as edited, never an exporter's
+value_info, whose stale static dims would make a Reshape look like a no-op.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
+from fuser.facts import GraphFacts
 from fuser.graph import Graph, attribute
 
+from fuser.pass_manager import PassResult
+
 from .sections import CleanupSection
-from .shape_inference import infer_shapes
 
 MAX_CONST_BYTES = 1 << 16  # constant operands larger than this are not read to test for 0 / 1
 
@@ -35,37 +39,7 @@ def _small_const(graph: Graph, value: str) -> np.ndarray | None:
     return graph.constant(value)
 
 
-class Facts:
-    """Shapes and element types from a fresh inference, computed only when a candidate needs them.
-
-    Fresh, not the graph's cached or exported value_info: an exporter's stale static dims must never
-    make a Reshape look like a no-op.
-    """
-
-    def __init__(self, graph: Graph):
-        self.graph = graph
-        self._map = None
-
-    def _get(self):
-        if self._map is None:
-            self._map = infer_shapes(self.graph, symbolic=False)
-        return self._map
-
-    def shape(self, value: str):
-        if value in self.graph.initializers:
-            return list(self.graph.initializers[value].dims)
-        if self.graph.is_constant(value):
-            arr = self.graph.constant(value)
-            return None if arr is None else list(arr.shape)
-        return self._get().get(value)
-
-    def elem_type(self, value: str) -> int | None:
-        if self.graph.is_constant(value):
-            return self.graph.elem_type(value)
-        return self._get().types.get(value)
-
-
-def broadcast_keeps_shape(facts: Facts, x: str, other_shape: tuple[int, ...]) -> bool:
+def broadcast_keeps_shape(facts: GraphFacts, x: str, other_shape: tuple[int, ...]) -> bool:
     """Is broadcast(shape(x), other_shape) provably shape(x)?"""
     if len(other_shape) == 0:
         return True
@@ -79,7 +53,7 @@ def broadcast_keeps_shape(facts: Facts, x: str, other_shape: tuple[int, ...]) ->
     return True
 
 
-def _neutral(graph: Graph, node: onnx.NodeProto, facts: Facts, slots: tuple[int, ...], unit: int) -> str | None:
+def _neutral(graph: Graph, node: onnx.NodeProto, facts: GraphFacts, slots: tuple[int, ...], unit: int) -> str | None:
     """x when the operand at one of `slots` is a constant filled with `unit` that broadcasts within x."""
     for slot in slots:
         c = _small_const(graph, node.input[slot])
@@ -170,7 +144,7 @@ def _single(graph, node, facts):
     return ins[0] if len(ins) == 1 else None
 
 
-CHECKS: dict[str, Callable[[Graph, onnx.NodeProto, Facts], str | None]] = {
+CHECKS: dict[str, Callable[[Graph, onnx.NodeProto, GraphFacts], str | None]] = {
     "Identity": _identity,
     "Dropout": _dropout,
     "Add": lambda g, n, f: _neutral(g, n, f, (1, 0), 0),
@@ -216,9 +190,9 @@ class NoOpElimination:
     name = "noop"
     requires = ()
 
-    def run(self, graph: Graph, ctx) -> bool:
+    def run(self, graph: Graph, ctx) -> PassResult:
         protected = graph.subgraph_refs()
-        facts = Facts(graph)  # one inference per run at most; removals keep the names of what remains
+        facts = graph.facts.snapshot()  # one inference per run at most; removals keep the names of what remains
         removed: Counter[str] = Counter()
         candidates = [nid for op in CHECKS for nid in graph.by_op.get(op, ())]
         for nid in sorted(candidates, key=graph.order.__getitem__):
@@ -234,4 +208,4 @@ class NoOpElimination:
             counts = ctx.report.section(CleanupSection).noop_removed
             for op, n in removed.items():
                 counts[op] = counts.get(op, 0) + n
-        return bool(removed)
+        return PassResult(bool(removed))

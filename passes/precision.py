@@ -38,16 +38,16 @@ Inserted Casts carry doc_string "fuser:precision"; running the pass again change
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import onnx
-import onnx.defs
 from onnx import TensorProto, helper, numpy_helper
 
-from fuser.graph import Graph, attribute, outer_names
+from fuser.facts import Signature, is_onnx_domain
+from fuser.graph import Graph, attribute
+from fuser.pass_manager import PassResult
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
@@ -110,10 +110,10 @@ class PrecisionPass:
     requires = ("acyclic",)
     final = True  # the pass manager runs it once, after fusion and clean-up converged
 
-    def run(self, graph: Graph, ctx) -> bool:
+    def run(self, graph: Graph, ctx) -> PassResult:
         options = ctx.options
         if getattr(options, "precision", "fp32") != "fp16":
-            return False
+            return PassResult(False)
         stats = convert_fp16(graph, keep=getattr(options, "keep_fp32", ()), fp16_io=getattr(options, "fp16_io", False))
         ctx.report.set_section(stats)
         if stats.flushed_to_zero:
@@ -127,7 +127,7 @@ class PrecisionPass:
                                        "in the optimized graph (names of fused nodes change)")
         if stats.unknown_types:
             ctx.report.notes.append(f"fp16: {stats.unknown_types} values of unknown type were left as they are")
-        return stats.modified
+        return PassResult(stats.modified)
 
 
 def convert_fp16(graph: Graph, keep=(), fp16_io: bool = False) -> PrecisionStats:
@@ -136,38 +136,14 @@ def convert_fp16(graph: Graph, keep=(), fp16_io: bool = False) -> PrecisionStats
 
 
 # ------------------------------------------------------------------ schemas
-@functools.lru_cache(maxsize=None)
-def _schema(op_type: str, opset: int, domain: str):
-    try:
-        return onnx.defs.get_schema(op_type, opset, domain)
-    except onnx.defs.SchemaError:
-        return None
-
-
-def _formal(params, slot: int):
-    if slot < len(params):
-        return params[slot]
-    if params and params[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic:
-        return params[-1]
-    return None
-
-
-def _allowed(schema, type_str: str) -> set[str]:
-    for c in schema.type_constraints:
-        if c.type_param_str == type_str:
-            return set(c.allowed_type_strs)
-    return {type_str}
-
-
-def _is_free(schema, node: onnx.NodeProto, slot: int, fp32: set[str]) -> bool:
+def _is_free(sig: Signature, node: onnx.NodeProto, slot: int, fp32: set[str]) -> bool:
     """Does this input take either float type without tying any other operand (Cast's input, Pow's exponent)?"""
-    p = _formal(schema.inputs, slot)
-    if p is None or not {F16, F32} <= _allowed(schema, p.type_str):
+    p = sig.formal(slot)
+    if p is None or not {F16, F32} <= sig.types(p):
         return False
-    if p.type_str in {q.type_str for q in schema.outputs}:
+    if p in {formal for formal, _ in sig.outputs}:
         return False
-    tied = [i for i, v in enumerate(node.input)
-            if v in fp32 and (q := _formal(schema.inputs, i)) is not None and q.type_str == p.type_str]
+    tied = [i for i, v in enumerate(node.input) if v in fp32 and sig.formal(i) == p]
     return len(tied) <= 1
 
 
@@ -193,9 +169,8 @@ class _Converter:
 
     def run(self) -> PrecisionStats:
         g = self.g
-        g.invalidate_types()
         values = list(dict.fromkeys([*g.input_names, *g.initializers, *g.producers]))
-        types = {v: g.elem_type(v) for v in values}
+        types = {v: g.facts.elem_type(v) for v in values}
         self.fp32 = {v for v, t in types.items() if t == FLOAT}
         self.order = [v for v in values if v in self.fp32]  # deterministic iteration (sets are not)
         self.stats.unknown_types = sum(1 for v, t in types.items() if t is None and v in g.producers)
@@ -204,11 +179,7 @@ class _Converter:
         if not self.fp32:
             return self.stats
         pinned = {v: (FLOAT16 if self.fp16_io else FLOAT) for v in g.output_names if v in self.fp32}
-        for nid, node in g.nodes.items():
-            for a in node.attribute:
-                if a.type in SUBGRAPH:
-                    for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                        pinned.update({v: FLOAT for v in sorted(outer_names(sub)) if v in self.fp32})
+        pinned.update({v: FLOAT for v in sorted(g.subgraph_refs()) if v in self.fp32})  # outer-scope reads
         plans = {nid: plan for nid, node in g.nodes.items()
                  if not self._is_constant_node(node) and (plan := self._plan(node)) is not None}
         self._overflowing_constants(plans)
@@ -225,7 +196,7 @@ class _Converter:
         self._operands(plans)
         self._attributes(plans)
         self._types()
-        g.invalidate_types()
+        g.touch()  # value types changed
         s = self.stats
         s.modified = bool(s.converted_initializers or s.converted_constants or s.fp16_copies or s.casts_inserted
                           or any(t == FLOAT16 for t in self.vtype.values()))
@@ -236,7 +207,12 @@ class _Converter:
     def _is_constant_node(node: onnx.NodeProto) -> bool:
         return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
 
-    def _keep_reason(self, node: onnx.NodeProto, schema) -> str | None:
+    def _signature(self, node: onnx.NodeProto) -> Signature | None:
+        """The op's onnx schema at the model's opset (None for a runtime's own domain, such as com.microsoft,
+        whose kernels' types its schema does not tell)."""
+        return self.g.facts.signature(node) if is_onnx_domain(node.domain) else None
+
+    def _keep_reason(self, node: onnx.NodeProto, schema: Signature | None) -> str | None:
         if node.op_type == "Cast" and MARK in node.doc_string and attribute(node, "to") == FLOAT:
             return "island boundary"
         if node.op_type in self.keep or (node.name and node.name in self.keep):
@@ -259,25 +235,25 @@ class _Converter:
         outs = [j for j, v in enumerate(node.output) if v in fp32]
         if not ins and not outs:
             return None
-        schema = _schema(node.op_type, self.g.opset(node.domain), node.domain or "")
+        schema = self._signature(node)
         reason = self._keep_reason(node, schema)
         if reason is None:
             inputs, outputs = {}, {}
             for i in ins:
-                p = _formal(schema.inputs, i)
+                p = schema.formal(i)
                 inputs[i] = (FLOAT if p is None else ANY if _is_free(schema, node, i, fp32)
-                             else FLOAT16 if F16 in _allowed(schema, p.type_str) else FLOAT)
+                             else FLOAT16 if F16 in schema.types(p) else FLOAT)
             for j in outs:
-                p = _formal(schema.outputs, j)
-                outputs[j] = FLOAT16 if p is not None and F16 in _allowed(schema, p.type_str) else FLOAT
+                p = schema.output_formal(j)
+                outputs[j] = FLOAT16 if p is not None and F16 in schema.types(p) else FLOAT
             if FLOAT16 in inputs.values() or FLOAT16 in outputs.values():
                 return NodePlan(FLOAT16, inputs, outputs)
             if not outs and all(t == ANY for t in inputs.values()):
                 return NodePlan(FLOAT16, inputs, outputs)  # Shape(x), Cast(x, to=INT64): nothing to decide
-            reason = f"{node.op_type}-{schema.since_version} has no float16 type"
+            reason = f"{node.op_type}-{schema.since} has no float16 type"
         return self._kept_plan(node, schema, reason)
 
-    def _kept_plan(self, node: onnx.NodeProto, schema, reason: str) -> NodePlan:
+    def _kept_plan(self, node: onnx.NodeProto, schema: Signature | None, reason: str) -> NodePlan:
         fp32 = self.fp32
         inputs = {i: (ANY32 if schema is not None and _is_free(schema, node, i, fp32) else FLOAT)
                   for i, v in enumerate(node.input) if v in fp32}
@@ -297,8 +273,7 @@ class _Converter:
                 plan = plans.get(nid)
                 if plan is not None and plan.mode == FLOAT16 and plan.inputs.get(slot) == FLOAT16:
                     node = g.node(nid)
-                    schema = _schema(node.op_type, g.opset(node.domain), node.domain or "")
-                    plans[nid] = self._kept_plan(node, schema, f"reads {v}, beyond the fp16 range")
+                    plans[nid] = self._kept_plan(node, self._signature(node), f"reads {v}, beyond the fp16 range")
 
     def _casts_to_fp32_users(self, plans: dict[int, NodePlan], pinned: dict[str, int]) -> None:
         """Cast(x, to=FLOAT) whose every user wants fp32 (a kept op, an fp32 graph output) stays as it is:
@@ -328,7 +303,7 @@ class _Converter:
                     self.stats.overflow_kept.append(v)
                     t = FLOAT
                 else:
-                    g.initializers[v] = numpy_helper.from_array(_to_fp16(array)[0], v)
+                    g.set_initializer(v, _to_fp16(array)[0])
                     self.stats.converted_initializers += 1
             self.vtype[v] = t
 
@@ -357,7 +332,7 @@ class _Converter:
         g = self.g
         if v in g.initializers:
             g.remove_initializer(v)
-            g.initializers[v] = numpy_helper.from_array(array16, v)
+            g.set_initializer(v, array16)
             self.stats.converted_initializers += 1
             return
         nid = g.producer(v)[0]
@@ -376,14 +351,8 @@ class _Converter:
             use = g.producer(v)
             if have is None or have == want or use is None or self._is_constant_node(g.node(use[0])):
                 continue
-            nid, slot = use
             inner = g.fresh_name(f"{v}_{_suffix(have)}")
-            consumers = list(g.uses(v))
-            g.node(nid).output[slot] = inner
-            del g.producers[v]
-            g.producers[inner] = (nid, slot)
-            for cnid, cslot in consumers:
-                g.set_input(cnid, cslot, inner)
+            g.rename(v, inner)
             self._cast(inner, v, want)
             self.vtype[inner], self.vtype[v] = have, want
             self.versions[(inner, want)] = v
@@ -432,7 +401,7 @@ class _Converter:
                 value = attribute(node, "value")
                 array = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
                 _set_attr(node, "value", numpy_helper.from_array(array.astype(np.float16)))
-            schema = _schema(node.op_type, g.opset(node.domain), node.domain or "")
+            schema = self._signature(node)
             if schema is not None and "stash_type" in schema.attributes:
                 _set_attr(node, "stash_type", 1)  # statistics in fp32
 

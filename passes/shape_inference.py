@@ -1,12 +1,13 @@
-"""Shape inference with symbolic dims, input-shape pins, and folding of shape chains that are static.
+"""Input-shape pins, and folding of shape chains that are static.
 
     Shape(x)[k]                    -> k-th dim of x, when that dim is static (other dims may be dynamic)
     Gather(Shape(x), i)            -> dims[i]          (also Slice, Concat, Unsqueeze, Squeeze, Cast...)
     Shape(x, start, end)           -> dims[start:end]  (opset 15)
     Size(x)                        -> prod(dims)       when every dim is static
 
-Dims come from onnx shape inference (with data propagation, so `Reshape(x, Concat(Shape(y)...))` keeps
-what it can), completed by onnxruntime's symbolic engine where onnx leaves a dim unknown. Each integer
+Dims come from `graph.facts`: onnx shape inference (with data propagation, so `Reshape(x,
+Concat(Shape(y)...))` keeps what it can), completed by onnxruntime's symbolic engine where onnx leaves a
+dim of a Shape's or Size's input unknown (asked here, and only here: it is slow). Each integer
 1-D (or scalar) tensor built from `Shape` is tracked element by element: an element is an int (static)
 or a dim name (dynamic). A tensor whose elements are all static becomes an initializer of the same
 name; what stays dynamic is reported with the dynamic dims it depends on ("Shape of 'pixel_values'
@@ -20,154 +21,24 @@ inputs as they are.
 from __future__ import annotations
 
 import itertools
-import logging
-import weakref
-from pathlib import Path
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnx.numpy_helper
 from onnx import TensorProto, helper
 
-from fuser import onnx_inference
 from fuser.errors import UsageError
+from fuser.facts import Dim, GraphFacts, Shape
 from fuser.graph import Graph, attribute
+from fuser.pass_manager import PassResult
 
 from .sections import FoldingSection, NotFolded
 
-Dim = int | str | None  # static size, symbolic name, or unknown
-Shape = list[Dim]
+ShapeOf = Callable[[str], Shape | None]  # a value's shape where known (`GraphFacts.shape`)
 
 INT_TYPES = {TensorProto.INT64: np.int64, TensorProto.INT32: np.int32}
 MAX_TRACKED = 64  # elements of a shape tensor worth tracking
-
-
-# ------------------------------------------------------------------ inference
-def infer_shapes(graph: Graph, symbolic: bool | None = None) -> dict[str, Shape | None]:
-    """Fresh shapes of every value: onnx inference (data_prop) merged with onnxruntime's symbolic engine.
-
-    `symbolic=None` runs the symbolic engine only when onnx leaves some dim of a `Shape`/`Size` input
-    unknown that an earlier symbolic run on this graph did not answer (it is slow: ~1 s per 5k nodes).
-    Its answers are kept for the graph's lifetime: a value name always denotes the same value during a
-    run (rewrites keep names for unchanged values and never reuse a removed name). onnx's ints and
-    declared names win over the symbolic engine's; the engine fills what onnx leaves unknown.
-    """
-    skeleton = graph.skeleton()
-    shapes = ShapeMap()
-    try:
-        inferred = onnx_inference.infer_shapes(skeleton)
-    except Exception:  # inference is best effort: unknown shapes only make folding more careful
-        inferred = skeleton
-    _collect(inferred.graph, shapes)
-    for name, t in graph.initializers.items():
-        shapes[name] = list(t.dims)
-        shapes.types[name] = t.data_type
-    known = _SYMBOLIC.get(graph)
-    if symbolic is None:
-        symbolic = any(_needs_more(shapes.get(x)) and (known is None or x not in known)
-                       for op in ("Shape", "Size") for nid in graph.by_op.get(op, ())
-                       for x in graph.node(nid).input[:1])
-    if symbolic:
-        known = {**(known or {}), **_symbolic(inferred)}
-        _SYMBOLIC[graph] = known
-    for name, shape in (known or {}).items():
-        shapes[name] = _merge(shapes.get(name), shape)
-    return shapes
-
-
-_SYMBOLIC: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> symbolic engine's shapes
-
-
-class ShapeMap(dict):
-    """value name -> shape (None when unknown), and `types`: value name -> ONNX element type."""
-
-    def __init__(self):
-        super().__init__()
-        self.types: dict[str, int] = {}
-
-
-def _collect(g: onnx.GraphProto, shapes: dict[str, Shape | None]) -> None:
-    types = getattr(shapes, "types", None)
-    for v in itertools.chain(g.input, g.value_info, g.output):
-        shapes[v.name] = type_shape(v.type)
-        if types is not None and v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
-            types[v.name] = v.type.tensor_type.elem_type
-
-
-def type_shape(typ: onnx.TypeProto) -> Shape | None:
-    if not typ.HasField("tensor_type") or not typ.tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in typ.tensor_type.shape.dim]
-
-
-def _needs_more(shape: Shape | None) -> bool:
-    return shape is None or any(d is None or (isinstance(d, str) and d.startswith("unk__")) for d in shape)
-
-
-def _merge(a: Shape | None, b: Shape | None) -> Shape | None:
-    if a is None or b is None or len(a) != len(b):
-        return a if a is not None else b
-    out: Shape = []
-    for x, y in zip(a, b):
-        unknown = x is None or (isinstance(x, str) and x.startswith("unk__"))
-        out.append(y if unknown and y is not None else x)  # a declared name or onnx's int is kept
-    return out
-
-
-def _symbolic(model: onnx.ModelProto) -> dict[str, Shape | None]:
-    """onnxruntime's symbolic shape inference, partial results kept (it raises when incomplete)."""
-    ssi = _symbolic_module()
-    if ssi is None:
-        return {}
-    logger = logging.getLogger(ssi.__name__)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    engine = None
-    try:
-        # No auto_merge: merging two dims to make a broadcast agree assumes what may be false (a dim
-        # that can be 1), and a folded dim must be proven. Driven by hand: `infer_shapes` also saves a
-        # temp model in the cwd when inference is incomplete.
-        engine = ssi.SymbolicShapeInference(2**31 - 1, False, False, 0)
-        engine._preprocess(model)
-        while engine.run_:
-            engine._infer_impl()
-    except Exception:  # stopped at a node it cannot prove: what it inferred before that still holds
-        pass
-    finally:
-        logger.setLevel(level)
-    shapes: dict[str, Shape | None] = {}
-    for name, vi in (getattr(engine, "known_vi_", None) or {}).items():
-        try:
-            shape = type_shape(vi.type)
-        except Exception:
-            continue
-        if shape is not None:
-            shapes[name] = shape
-    return shapes
-
-
-def _symbolic_module():
-    """onnxruntime's symbolic_shape_infer.py, loaded by path: importing it through `onnxruntime.tools`
-    runs that package's __init__, which imports torch whenever torch is installed (1.5-2 s a run)."""
-    global _SSI
-    if _SSI is None:
-        try:
-            import importlib.util
-
-            import onnxruntime
-
-            path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
-            spec = importlib.util.spec_from_file_location("fuser_ort_symbolic_shape_infer", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            _SSI = module
-        except Exception:  # no onnxruntime tools: onnx's inference alone
-            _SSI = False
-    return _SSI or None
-
-
-_SSI = None
 
 
 # ------------------------------------------------------------ partial values
@@ -207,9 +78,9 @@ def _ints(graph: Graph, values: dict[str, ShapeValue], name: str) -> list[int] |
     return None
 
 
-def shape_dims(graph: Graph, node: onnx.NodeProto, shapes: dict[str, Shape | None]) -> tuple[Shape, int] | None:
+def shape_dims(graph: Graph, node: onnx.NodeProto, shape_of: ShapeOf) -> tuple[Shape, int] | None:
     """The dims a `Shape` node returns (honouring start/end, opset 15) and the first dim's index."""
-    shape = shapes.get(node.input[0])  # fresh inference only: exported value_info can be stale
+    shape = shape_of(node.input[0])
     if shape is None:
         return None
     rank = len(shape)
@@ -219,7 +90,7 @@ def shape_dims(graph: Graph, node: onnx.NodeProto, shapes: dict[str, Shape | Non
     return list(shape[start:end]), start
 
 
-def propagate(graph: Graph, shapes: dict[str, Shape | None]) -> dict[str, ShapeValue]:
+def propagate(graph: Graph, shape_of: ShapeOf) -> dict[str, ShapeValue]:
     """Element-wise values of the integer shape tensors, in one topological sweep."""
     values: dict[str, ShapeValue] = {}
     for nid in graph.topological_order():
@@ -227,7 +98,7 @@ def propagate(graph: Graph, shapes: dict[str, Shape | None]) -> dict[str, ShapeV
         if node.domain not in ("", "ai.onnx") or not node.output or not node.output[0]:
             continue
         try:
-            result = _step(graph, node, values, shapes)
+            result = _step(graph, node, values, shape_of)
         except (ValueError, IndexError, TypeError, KeyError):
             result = None
         if result is not None and len(result.elems) <= MAX_TRACKED:
@@ -246,14 +117,14 @@ def _input(graph: Graph, values: dict[str, ShapeValue], name: str) -> ShapeValue
     return None
 
 
-def _step(graph: Graph, node: onnx.NodeProto, values: dict[str, ShapeValue],
-          shapes: dict[str, Shape | None]) -> ShapeValue | None:
+def _step(graph: Graph, node: onnx.NodeProto, values: dict[str, ShapeValue], shape_of: ShapeOf
+          ) -> ShapeValue | None:
     op, ins = node.op_type, list(node.input)
     if op == "Shape":
-        got = shape_dims(graph, node, shapes)
+        got = shape_dims(graph, node, shape_of)
         return None if got is None else ShapeValue(got[0], False, TensorProto.INT64)
     if op == "Size":
-        shape = shapes.get(ins[0])
+        shape = shape_of(ins[0])
         if shape is None or not all(isinstance(d, int) for d in shape):
             return None
         return ShapeValue([int(np.prod(shape, dtype=np.int64))], True, TensorProto.INT64)
@@ -386,8 +257,8 @@ def apply_pins(graph: Graph, options) -> tuple[bool, dict[str, int]]:
                     if dim.dim_param in symbols:
                         dim.dim_value = symbols[dim.dim_param]
     if changed:
-        graph.invalidate_types()
-        _SYMBOLIC.pop(graph, None)  # inferred before the pins: less precise than what follows
+        graph.touch()
+        graph.facts.forget_symbolic()  # inferred before the pins: less precise than what follows
     return changed, (symbols if changed else {})
 
 
@@ -398,7 +269,7 @@ class ShapeFolding:
     name = "shape-folding"
     requires = ("acyclic",)
 
-    def run(self, graph: Graph, ctx) -> bool:
+    def run(self, graph: Graph, ctx) -> PassResult:
         section = ctx.report.section(FoldingSection)
         pinned, symbols = apply_pins(graph, ctx.options)
         if pinned:
@@ -407,9 +278,10 @@ class ShapeFolding:
             ctx.report.note("--input-shape was not applied to the graph because --keep-dynamic is set")
         if not (graph.by_op.get("Shape") or graph.by_op.get("Size")):
             section.not_folded = []
-            return bool(pinned)
-        shapes = infer_shapes(graph)
-        values = propagate(graph, shapes)
+            return PassResult(bool(pinned))
+        facts = graph.facts.snapshot()  # as before the folds below, which keep every remaining name's shape
+        facts.complete_symbolic(graph.node(nid).input[0] for op in ("Shape", "Size") for nid in graph.by_op.get(op, ()))
+        values = propagate(graph, facts.shape)
         refs = graph.subgraph_refs()
         static = {v for v, sv in values.items() if sv.static and not graph.is_constant(v)}
         folded = 0
@@ -427,24 +299,24 @@ class ShapeFolding:
             graph.set_initializer(value, values[value].array())
             folded += 1
         section.shape_values_folded += folded
-        section.not_folded = _not_folded(graph, shapes)
-        return bool(pinned) or folded > 0
+        section.not_folded = _not_folded(graph, facts)
+        return PassResult(bool(pinned) or folded > 0)
 
 
-def _not_folded(graph: Graph, shapes: dict[str, Shape | None]) -> list[NotFolded]:
+def _not_folded(graph: Graph, facts: GraphFacts) -> list[NotFolded]:
     """Why each remaining Shape/Size node stays: the dynamic dims its users actually read."""
     out = []
     for nid in graph.nodes_of_type("Shape") + graph.nodes_of_type("Size"):
         node = graph.node(nid)
         x = node.input[0]
         if node.op_type == "Size":
-            shape = shapes.get(x)
+            shape = facts.shape(x)
             dims, offset, used = (shape or []), 0, None
         else:
-            got = shape_dims(graph, node, shapes)
+            got = shape_dims(graph, node, facts.shape)
             dims, offset = got if got is not None else ([], 0)
             used = _used_positions(graph, node.output[0], len(dims))
-        if not dims and (shapes.get(x)) is None:
+        if not dims and facts.shape(x) is None:
             reason = f"{node.op_type} of '{x}': the rank of '{x}' is unknown to shape inference"
         else:
             positions = range(len(dims)) if used is None else sorted(used)

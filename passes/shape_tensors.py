@@ -24,11 +24,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from fuser.facts import GraphFacts
 from fuser.graph import Graph, attribute
+from fuser.pass_manager import PassResult
 
 from .constant_folding import constant_region, run_ort, run_reference, tiny_model
 from .sections import FoldingSection
-from .shape_inference import MAX_TRACKED, ShapeValue, infer_shapes, propagate
+from .shape_inference import MAX_TRACKED, ShapeValue, propagate
 
 INT_ELEMS = (TensorProto.INT64, TensorProto.INT32)
 START_OPS = ("Reshape", "Unsqueeze")
@@ -55,7 +57,7 @@ class ShapeTensorRewrite:
         self._failed: set[tuple] = set()  # candidates that could not be rewritten, as they were then
         self._pending: set[str] = set()
 
-    def run(self, graph: Graph, ctx) -> bool:
+    def run(self, graph: Graph, ctx) -> PassResult:
         if graph is not self._graph:  # a new graph (first run, or after an opset upgrade)
             self._graph, self._failed = graph, set()
         starts = [nid for op in START_OPS for nid in graph.nodes_of_type(op)
@@ -63,8 +65,8 @@ class ShapeTensorRewrite:
         reshapes = [nid for nid in graph.nodes_of_type("Reshape")
                     if self._may_placehold(graph, nid) and _key(graph, nid) not in self._failed]
         if not starts and not reshapes:
-            return False  # nothing new since the last run: skip shape inference
-        shapes = infer_shapes(graph, symbolic=False)
+            return PassResult(False)  # nothing new since the last run: skip shape inference
+        facts = graph.facts.snapshot()  # shapes as before this run's rewrites, which keep every name's shape
         # values constant folding will compute: wait for them rather than call them dynamic
         self._pending = {o for nid in constant_region(graph) for o in graph.node(nid).output}
         refs = graph.subgraph_refs()
@@ -73,21 +75,21 @@ class ShapeTensorRewrite:
         for nid in starts:
             if nid in graph:
                 key = _key(graph, nid)
-                if self._chain_to_gather(graph, nid, shapes, refs):
+                if self._chain_to_gather(graph, nid, facts, refs):
                     chains += 1
                 else:
                     self._failed.add(key)
         reshapes = [nid for nid in reshapes if nid in graph]
-        tokens = _dim_tokens(graph, shapes) if reshapes else {}
+        tokens = _dim_tokens(graph, facts) if reshapes else {}
         for nid in reshapes:
             key = _key(graph, nid)
-            if self._placeholders(graph, nid, shapes, tokens):
+            if self._placeholders(graph, nid, facts, tokens):
                 targets += 1
             else:
                 self._failed.add(key)
         section.nd_shape_chains_rewritten += chains
         section.reshape_targets_rewritten += targets
-        return bool(chains or targets)
+        return PassResult(bool(chains or targets))
 
     # ------------------------------------------------------------ ND chains
     @staticmethod
@@ -99,13 +101,13 @@ class ShapeTensorRewrite:
         uses = graph.uses(node.output[0])
         return len(uses) == 1 and uses[0][1] == 0 and _movement(graph, uses[0][0])
 
-    def _chain_to_gather(self, graph: Graph, nid: int, shapes: dict, refs: set[str]) -> bool:
+    def _chain_to_gather(self, graph: Graph, nid: int, facts: GraphFacts, refs: set[str]) -> bool:
         start = graph.node(nid)
         p = start.input[0]
         if p in self._pending:
             return False
-        p_shape = shapes.get(p)
-        elem = getattr(shapes, "types", {}).get(p) or graph.elem_type(p)
+        p_shape = facts.shape(p)
+        elem = facts.elem_type(p)
         if elem not in INT_ELEMS or p_shape is None or len(p_shape) != 1 \
                 or not isinstance(p_shape[0], int) or not 0 < p_shape[0] <= MAX_ELEMS:
             return False
@@ -157,13 +159,13 @@ class ShapeTensorRewrite:
         producer = graph.producer_node(node.input[1])
         return producer is not None and producer.op_type == "Concat" and not producer.domain
 
-    def _placeholders(self, graph: Graph, nid: int, shapes: dict, values: dict[str, ShapeValue]) -> bool:
+    def _placeholders(self, graph: Graph, nid: int, facts: GraphFacts, values: dict[str, ShapeValue]) -> bool:
         node = graph.node(nid)
         data, target = node.input[0], node.input[1]
         concat = graph.producer_node(target)
         if concat is None or attribute(concat, "axis", 0) not in (0, -1):
             return False
-        data_shape = shapes.get(data)
+        data_shape = facts.shape(data)
         elems: list = []
         for piece in concat.input:
             if not piece:
@@ -176,7 +178,7 @@ class ShapeTensorRewrite:
             if sv is not None and not sv.scalar:
                 elems.extend(sv.elems)
                 continue
-            shape = shapes.get(piece)
+            shape = facts.shape(piece)
             if piece in self._pending or shape is None or len(shape) != 1 or not isinstance(shape[0], int):
                 return False
             elems.extend([None] * shape[0])  # dynamic elements of unknown origin
@@ -186,7 +188,7 @@ class ShapeTensorRewrite:
         for i, e in enumerate(elems):
             if isinstance(e, (int, np.integer)):
                 new.append(int(e))
-            elif isinstance(e, tuple) and _same_dim(e, data, i, data_shape, shapes):
+            elif isinstance(e, tuple) and _same_dim(e, data, i, data_shape):
                 new.append(0)
             else:
                 new.append(None)
@@ -211,18 +213,18 @@ def _key(graph: Graph, nid: int) -> tuple:
     return nid, tuple(around)
 
 
-def _dim_tokens(graph: Graph, shapes: dict) -> dict[str, ShapeValue]:
+def _dim_tokens(graph: Graph, facts: GraphFacts) -> dict[str, ShapeValue]:
     """Shape values whose dynamic elements are tokens ('dim', x, k, name) naming their source dim."""
     tokens: dict = {}
     for nid in graph.by_op.get("Shape", ()):
         x = graph.node(nid).input[0]
-        shape = shapes.get(x)
+        shape = facts.shape(x)
         if shape is not None:
             tokens[x] = [d if isinstance(d, int) else ("dim", x, k, d) for k, d in enumerate(shape)]
-    return propagate(graph, tokens)
+    return propagate(graph, tokens.get)
 
 
-def _same_dim(token: tuple, data: str, i: int, data_shape, shapes: dict) -> bool:
+def _same_dim(token: tuple, data: str, i: int, data_shape) -> bool:
     """Is the token's dim provably dim i of `data`? (the same tensor and axis, or one symbolic name)"""
     _, x, k, name = token
     if x == data:

@@ -28,9 +28,9 @@ import onnx
 from onnx import helper
 
 from fuser.graph import attribute
-from fuser.matcher import Match, schema_default
+from fuser.matcher import Match
 from fuser.pattern import Var, op
-from fuser.rule import Rule
+from fuser.rule import Refusal, Rule
 
 x, w, b = Var("x"), Var("w"), Var("b")
 
@@ -44,26 +44,26 @@ def is_float(array: np.ndarray) -> bool:
     return array.dtype.kind == "f" or array.dtype.name == "bfloat16"
 
 
-def conv_weights(m: Match) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    """(W, b or None, reason) for the matched conv: reason is set when they cannot be folded into."""
+def conv_weights(m: Match) -> tuple[np.ndarray, np.ndarray | None] | Refusal:
+    """(W, b or None) of the matched conv, or why they cannot be folded into."""
     conv = m.node("conv")
     W = m.const("w")
     if W is None:
-        return None, None, f"{conv.op_type} weight '{m['w']}' is not a constant"
+        return Refusal(f"{conv.op_type} weight '{m['w']}' is not a constant")
     if not is_float(W) or W.ndim < 3:
-        return None, None, f"{conv.op_type} weight '{m['w']}' is not a float tensor of rank >= 3"
+        return Refusal(f"{conv.op_type} weight '{m['w']}' is not a float tensor of rank >= 3")
     B = None
     if m.has("b"):
         B = m.const("b")
         if B is None:
-            return None, None, f"{conv.op_type} bias '{m['b']}' is not a constant"
+            return Refusal(f"{conv.op_type} bias '{m['b']}' is not a constant")
     group = int(attribute(conv, "group", 1))
     if conv.op_type == "ConvTranspose" and (group < 1 or W.shape[0] % group):
-        return None, None, f"ConvTranspose weight rows {W.shape[0]} do not divide into group={group}"
+        return Refusal(f"ConvTranspose weight rows {W.shape[0]} do not divide into group={group}")
     cout = out_channels(conv, W)
     if B is not None and B.size != cout:
-        return None, None, f"{conv.op_type} bias has {B.size} values for {cout} output channels"
-    return W, B, None
+        return Refusal(f"{conv.op_type} bias has {B.size} values for {cout} output channels")
+    return W, B
 
 
 def out_channels(conv: onnx.NodeProto, W: np.ndarray) -> int:
@@ -100,45 +100,44 @@ _bn = op.BatchNormalization(CONV, Var("scale"), Var("bn_bias"), Var("mean"), Var
 def _bn_attr(m: Match, name: str):
     bn = m.node("bn")
     value = attribute(bn, name)
-    if value is None:
-        value = schema_default("BatchNormalization", m.graph.opset(), "", name)
-    return value
+    return m.facts.attribute_default(bn, name) if value is None else value
 
 
-def _check(m: Match) -> str | None:
+def _check(m: Match) -> tuple[np.ndarray, np.ndarray | None] | Refusal:
+    """(W, b) of the conv when the BatchNormalization folds into it, else why not."""
     bn = m.node("bn")
     if _bn_attr(m, "training_mode") == 1:
-        return "BatchNormalization has training_mode=1 (batch statistics): only inference mode folds"
+        return Refusal("BatchNormalization has training_mode=1 (batch statistics): only inference mode folds")
     if _bn_attr(m, "spatial") == 0:
-        return "BatchNormalization has spatial=0 (per-activation statistics): not a per-channel affine"
+        return Refusal("BatchNormalization has spatial=0 (per-activation statistics): not a per-channel affine")
     extra = [(k, v) for k, v in enumerate(bn.output[1:], start=1) if v]
     if extra and m.graph.opset() < 14:  # before training_mode existed, extra outputs meant training mode
-        return (f"BatchNormalization lists {len(extra) + 1} outputs: at opset {m.graph.opset()} that is "
-                "training mode (batch statistics); only the 1-output inference form folds")
+        return Refusal(f"BatchNormalization lists {len(extra) + 1} outputs: at opset {m.graph.opset()} that is "
+                       "training mode (batch statistics); only the 1-output inference form folds")
     for k, value in extra:
         if m.graph.uses(value) or m.graph.is_graph_output(value):
-            return f"BatchNormalization output {k} '{value}' (training statistics) is used"
-    W, _, reason = conv_weights(m)
-    if reason:
-        return reason
-    cout = out_channels(m.node("conv"), W)
+            return Refusal(f"BatchNormalization output {k} '{value}' (training statistics) is used")
+    weights = conv_weights(m)
+    if isinstance(weights, Refusal):
+        return weights
+    cout = out_channels(m.node("conv"), weights[0])
     for name in ("scale", "bn_bias", "mean", "var"):
         value = m.const(name)
         if value is None:
-            return f"BatchNormalization {name} '{m[name]}' is not a constant"
+            return Refusal(f"BatchNormalization {name} '{m[name]}' is not a constant")
         if not is_float(value):
-            return f"BatchNormalization {name} is not a float tensor"
+            return Refusal(f"BatchNormalization {name} is not a float tensor")
         if value.size != cout:
-            return f"BatchNormalization {name} has {value.size} values for {cout} output channels"
+            return Refusal(f"BatchNormalization {name} has {value.size} values for {cout} output channels")
     var = m.const("var").astype(np.float64).reshape(-1) + float(_bn_attr(m, "epsilon"))
     if np.any(var <= 0):
-        return "BatchNormalization var + epsilon is not positive"
-    return None
+        return Refusal("BatchNormalization var + epsilon is not positive")
+    return weights
 
 
-def _rewrite(m: Match, b) -> str:
+def _rewrite(m: Match, b, weights: tuple[np.ndarray, np.ndarray | None]) -> str:
     conv = m.node("conv")
-    W, B, _ = conv_weights(m)
+    W, B = weights
     f64 = {n: m.const(n).astype(np.float64).reshape(-1) for n in ("scale", "bn_bias", "mean", "var")}
     s = f64["scale"] / np.sqrt(f64["var"] + float(_bn_attr(m, "epsilon")))
     bias = np.zeros_like(s) if B is None else B.astype(np.float64).reshape(-1)
@@ -184,21 +183,22 @@ def _activation_params(m: Match) -> list[float] | None:
     return None
 
 
-def _fused_check(m: Match) -> str | None:
-    elem = m.graph.elem_type(m["w"]) if m["w"] else None
+def _fused_check(m: Match) -> Refusal | None:
+    elem = m.facts.elem_type(m["w"]) if m["w"] else None
     if elem != onnx.TensorProto.FLOAT:
-        return "com.microsoft.FusedConv has float32 kernels only; this Conv is not float32"
+        return Refusal("com.microsoft.FusedConv has float32 kernels only; this Conv is not float32")
     for n in ("lo", "hi"):
         if m.has(n):
             value = m.const(n)
             if value is None or value.size != 1:
-                return f"Clip {('min', 'max')[n == 'hi']} is not a one-element constant"
+                return Refusal(f"Clip {('min', 'max')[n == 'hi']} is not a one-element constant")
     if MS_DOMAIN in m.graph.opsets and m.graph.opset(MS_DOMAIN) != 1:
-        return f"the model imports {MS_DOMAIN} at version {m.graph.opset(MS_DOMAIN)}; FusedConv is version 1"
+        return Refusal(f"the model imports {MS_DOMAIN} at version {m.graph.opset(MS_DOMAIN)}; FusedConv is "
+                       "version 1")
     return None
 
 
-def _fused_rewrite(m: Match, b) -> str:
+def _fused_rewrite(m: Match, b, _) -> str:
     conv, act = m.node("conv"), m.node("act")
     attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     out = b.op("FusedConv", m["x"], m["w"], m["b"] if m.has("b") else None, domain=MS_DOMAIN,

@@ -23,7 +23,7 @@ import numpy as np
 
 from fuser.matcher import Match
 from fuser.pattern import Const, op
-from fuser.rule import Rule
+from fuser.rule import Refusal, Rule
 
 from .conv_bn import CONV, conv_weights, emit_conv, is_float, out_channels, scale_output_channels
 
@@ -32,38 +32,38 @@ _pattern = (op.Mul(CONV, c, _name="ew") | op.Div(CONV, c, _name="ew") | op.Add(C
             | op.Sub(CONV, c, _name="ew") | op.Sub(c, CONV, _name="ew"))
 
 
-def _per_channel(m: Match, W: np.ndarray) -> tuple[np.ndarray | None, str | None]:
-    """The constant as one float64 value per output channel, or the reason it is not per-channel."""
+def _per_channel(m: Match, W: np.ndarray) -> np.ndarray | Refusal:
+    """The constant as one float64 value per output channel, or why it is not per-channel."""
     conv, value = m.node("conv"), m.const("c")
     rank, cout = W.ndim, out_channels(conv, W)
     if not is_float(value):
-        return None, f"the constant of {m.node('ew').op_type} is not a float tensor"
+        return Refusal(f"the constant of {m.node('ew').op_type} is not a float tensor")
     if value.ndim > rank:
-        return None, (f"constant of shape {list(value.shape)} has a higher rank than the {conv.op_type} "
-                      f"output (rank {rank}): broadcasting would change the output shape")
+        return Refusal(f"constant of shape {list(value.shape)} has a higher rank than the {conv.op_type} "
+                       f"output (rank {rank}): broadcasting would change the output shape")
     padded = (1,) * (rank - value.ndim) + value.shape
     if any(d != 1 for k, d in enumerate(padded) if k != 1) or padded[1] not in (1, cout):
-        return None, (f"constant of shape {list(value.shape)} does not broadcast over the {cout} output "
-                      f"channels only (rank-{rank} {conv.op_type} output)")
-    return np.broadcast_to(value.astype(np.float64).reshape(-1), (cout,)), None
+        return Refusal(f"constant of shape {list(value.shape)} does not broadcast over the {cout} output "
+                       f"channels only (rank-{rank} {conv.op_type} output)")
+    return np.broadcast_to(value.astype(np.float64).reshape(-1), (cout,))
 
 
-def _check(m: Match) -> str | None:
-    W, _, reason = conv_weights(m)
-    if reason:
-        return reason
-    cvec, reason = _per_channel(m, W)
-    if reason:
-        return reason
+def _check(m: Match) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | Refusal:
+    """(W, b, c per output channel) when the constant folds into the conv, else why not."""
+    weights = conv_weights(m)
+    if isinstance(weights, Refusal):
+        return weights
+    cvec = _per_channel(m, weights[0])
+    if isinstance(cvec, Refusal):
+        return cvec
     if m.node("ew").op_type == "Div" and np.any(cvec == 0):
-        return "division by a constant with zeros"
-    return None
+        return Refusal("division by a constant with zeros")
+    return (*weights, cvec)
 
 
-def _rewrite(m: Match, b) -> str:
+def _rewrite(m: Match, b, found: tuple[np.ndarray, np.ndarray | None, np.ndarray]) -> str:
     conv, ew = m.node("conv"), m.node("ew")
-    W, B, _ = conv_weights(m)
-    cvec, _ = _per_channel(m, W)
+    W, B, cvec = found
     cout = cvec.shape[0]
     bias = np.zeros(cout) if B is None else B.astype(np.float64).reshape(-1)
     weights = W.astype(np.float64)

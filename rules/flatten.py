@@ -14,22 +14,23 @@ from __future__ import annotations
 import numpy as np
 
 from fuser.pattern import Var, op
-from fuser.rule import Rule
+from fuser.rule import Refusal, Rule
 
 x = Var("x")
 
 
-def _check(m) -> str | None:
-    shape = m.graph.shape(m["x"])
+def _check(m) -> list | Refusal:
+    """The flattened tensor's shape (as inference proves it), or why the rewrite cannot be sized."""
+    shape = m.facts.shape(m["x"])
     if shape is None:
-        return "the rank of the flattened tensor is unknown"
+        return Refusal("the rank of the flattened tensor is unknown")
     if len(shape) < 2:
-        return "Flatten of a tensor of rank < 2 is not a batch flatten"
-    return None
+        return Refusal("Flatten of a tensor of rank < 2 is not a batch flatten")
+    return shape
 
 
-def _rewrite(m, b):
-    rest = m.graph.shape(m["x"])[1:]
+def _rewrite(m, b, shape: list):
+    rest = shape[1:]
     static = all(isinstance(d, int) and d > 0 for d in rest)
     target = [0, int(np.prod(rest))] if static else [0, -1]
     return b.op("Reshape", m["x"], b.const(np.array(target, np.int64), "shape"))

@@ -23,7 +23,7 @@ HARDSIGMOID = Rule(
     emits="HardSigmoid",
     min_opset=6,
     pattern=op.Div(_r6, 6.0) | op.Mul(_r6, 1 / 6),
-    rewrite=lambda m, b: b.op("HardSigmoid", m["x"], alpha=1 / 6, beta=0.5),
+    rewrite=lambda m, b, _: b.op("HardSigmoid", m["x"], alpha=1 / 6, beta=0.5),
     spellings=("relu6(x + 3) / 6", "relu6(x + 3) * (1/6)",
                "relu6 = Clip(0, 6) | Min(Relu, 6) | Min(Max(0), 6)"),
     doc="relu6(x + 3) / 6 -> HardSigmoid(x, alpha=1/6, beta=0.5)",

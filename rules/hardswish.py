@@ -26,7 +26,7 @@ HARDSWISH = Rule(
     min_opset=14,
     pattern=(op.Mul(x, hard_sigmoid_gate(x)) | op.Div(op.Mul(x, _r6), 6.0)
              | op.Mul(op.Mul(x, _r6), 1 / 6)),
-    rewrite=lambda m, b: b.op("HardSwish", m["x"]),
+    rewrite=lambda m, b, _: b.op("HardSwish", m["x"]),
     spellings=(
         "x * (relu6(x + 3) / 6)", "(x * relu6(x + 3)) / 6", "x * relu6(x + 3) * (1/6)",
         "x * HardSigmoid(x, 1/6, 0.5)", "relu6 = Clip(0, 6) | Min(Relu, 6) | Min(Max(0), 6)",

@@ -44,10 +44,11 @@ import ml_dtypes
 import numpy as np
 from onnx import TensorProto
 
+from fuser.facts import GraphFacts
 from fuser.graph import attribute
 from fuser.matcher import Match
 from fuser.pattern import Const, Pattern, Var, op
-from fuser.rule import Rule
+from fuser.rule import Refusal, Rule
 
 FLOAT, DOUBLE = TensorProto.FLOAT, TensorProto.DOUBLE
 # element types a fused normalization may take; stash_type=1 (fp32 statistics) is at least as precise
@@ -97,7 +98,7 @@ def _normalized(x_sub: Pattern, x_mean: Pattern, cast_d: bool = False) -> Patter
 # ------------------------------------------------------------------------- shared analysis
 @dataclass
 class Norm:
-    """What a check found and a rewrite builds from."""
+    """What the check found and the rewrite builds from."""
 
     x: str
     axis: int  # first normalized axis, negative (-k)
@@ -107,116 +108,116 @@ class Norm:
     bias: np.ndarray
 
 
-def trailing_axes(graph, x: str, axes_list: list[np.ndarray], emits: str = "LayerNormalization"
-                  ) -> tuple[int, list | None] | str:
+def trailing_axes(facts: GraphFacts, x: str, axes_list: list[np.ndarray], emits: str = "LayerNormalization"
+                  ) -> tuple[int, list | None] | Refusal:
     """(k, x's shape) when every `axes` is the same set of the last k axes of x; else why not."""
-    shape = graph.shape(x)
+    shape = facts.shape(x)
     rank = len(shape) if shape is not None else None
     sets = []
     for axes in axes_list:
         flat = np.asarray(axes).reshape(-1)
         if flat.size == 0 or flat.dtype.kind not in "iu":
-            return f"reduces over axes {flat.tolist()}, not a list of trailing axes"
+            return Refusal(f"reduces over axes {flat.tolist()}, not a list of trailing axes")
         vals = [int(v) for v in flat]
         if rank is None:
             if any(v >= 0 for v in vals):
-                return (f"reduces over axes {vals} and the rank of '{x}' is unknown, so it is not known whether "
-                        "they are its trailing axes")
+                return Refusal(f"reduces over axes {vals} and the rank of '{x}' is unknown, so it is not known "
+                               "whether they are its trailing axes")
         else:
             if any(not -rank <= v < rank for v in vals):
-                return f"reduces over axes {vals}, out of range for '{x}' of rank {rank}"
+                return Refusal(f"reduces over axes {vals}, out of range for '{x}' of rank {rank}")
             vals = [v - rank if v >= 0 else v for v in vals]
         sets.append(sorted(set(vals)))
     if any(s != sets[0] for s in sets[1:]):
-        return f"the reductions use different axes ({', '.join(str(np.asarray(a).tolist()) for a in axes_list)})"
+        return Refusal("the reductions use different axes "
+                       f"({', '.join(str(np.asarray(a).tolist()) for a in axes_list)})")
     k = len(sets[0])
     if sets[0] != list(range(-k, 0)):
         where = f"of rank {rank}" if rank is not None else "of unknown rank"
-        return (f"reduces over axes {np.asarray(axes_list[0]).reshape(-1).tolist()}, which are not the "
-                f"trailing axes of '{x}' ({where}); {emits} normalizes the last axes only")
+        return Refusal(f"reduces over axes {np.asarray(axes_list[0]).reshape(-1).tolist()}, which are not the "
+                       f"trailing axes of '{x}' ({where}); {emits} normalizes the last axes only")
     return k, shape
 
 
-def scalar_reason(m: Match, names: tuple[str, ...], rank: int | None) -> str | None:
+def scalar_reason(m: Match, names: tuple[str, ...], rank: int | None) -> Refusal | None:
     """Constants that must be one-element and not raise the rank of the result (eps, exponent...)."""
     for name in names:
         if not m.has(name):
             continue
         value = m.const(name)
         if value is None:
-            return f"{name} is not a constant ('{m[name]}')"
+            return Refusal(f"{name} is not a constant ('{m[name]}')")
         if value.size != 1:
-            return f"{name} must be a single value, got shape {list(value.shape)}"
+            return Refusal(f"{name} must be a single value, got shape {list(value.shape)}")
         if value.ndim > max(1, rank or 0):
-            return f"{name} of shape {list(value.shape)} would broadcast the result to a higher rank"
+            return Refusal(f"{name} of shape {list(value.shape)} would broadcast the result to a higher rank")
     return None
 
 
 def affine_param(label: str, value: np.ndarray, norm_dims: list, rank: int | None, dtype: np.dtype
-                 ) -> np.ndarray | str:
+                 ) -> np.ndarray | Refusal:
     """γ or β as the fused op takes it: exactly the normalized shape, in dtype; else why not."""
     k = len(norm_dims)
     shape = list(value.shape)
     if value.ndim > (rank if rank is not None else k):
         limit = "the input" if rank is not None else "the normalized axes (the input's rank is unknown)"
-        return f"{label} of shape {shape} has more dims than {limit}, so it could broadcast the output"
+        return Refusal(f"{label} of shape {shape} has more dims than {limit}, so it could broadcast the output")
     lead, tail = shape[:max(0, value.ndim - k)], [1] * max(0, k - value.ndim) + shape[max(0, value.ndim - k):]
     norm_desc = [d if isinstance(d, int) else "?" for d in norm_dims]
     if any(d != 1 for d in lead):
-        return (f"{label} of shape {shape} does not broadcast over the normalized axes only (normalized shape "
-                f"{norm_desc}): it varies along a non-normalized axis")
+        return Refusal(f"{label} of shape {shape} does not broadcast over the normalized axes only (normalized "
+                       f"shape {norm_desc}): it varies along a non-normalized axis")
     target = []
     for t, n in zip(tail, norm_dims):
         if isinstance(n, int):
             if t not in (1, n):
-                return (f"{label} of shape {shape} does not broadcast over the normalized axes only (normalized "
-                        f"shape {norm_desc})")
+                return Refusal(f"{label} of shape {shape} does not broadcast over the normalized axes only "
+                               f"(normalized shape {norm_desc})")
             target.append(n)
         elif t > 1:
             target.append(t)  # the dim is symbolic; the constant tells its size
         else:
-            return (f"{label} of shape {shape} would have to be expanded to the normalized shape {norm_desc}, "
-                    "whose size is not known statically")
+            return Refusal(f"{label} of shape {shape} would have to be expanded to the normalized shape "
+                           f"{norm_desc}, whose size is not known statically")
     # a valid model multiplies γ with a value of x's dtype, so the astype never rounds
     return np.ascontiguousarray(np.broadcast_to(value.reshape(tail), target).astype(dtype))
 
 
 def affine_params(m: Match, norm_dims: list, rank: int | None, dtype: np.dtype
-                  ) -> tuple[np.ndarray, np.ndarray] | tuple[str, None]:
+                  ) -> tuple[np.ndarray, np.ndarray] | Refusal:
     """(scale, bias) for the fused op: γ and β of the match, or ones / zeros where one is missing."""
     found = {}
     for label, name in (("γ", "gamma"), ("β", "beta")):
         if m.has(name):
             found[name] = affine_param(label, m.const(name), norm_dims, rank, dtype)
-            if isinstance(found[name], str):
-                return found[name], None
+            if isinstance(found[name], Refusal):
+                return found[name]
     if len(found) < 2:
         # a symbolic normalized dim may be sized by the parameter that is present
         present = next(iter(found.values()), None)
         dims = [d if isinstance(d, int) else (present.shape[i] if present is not None else None)
                 for i, d in enumerate(norm_dims)]
         if any(d is None for d in dims):
-            return (f"the normalized shape {['?' if d is None else d for d in dims]} is not static, so the "
-                    "missing γ/β cannot be written as ones/zeros"), None
+            return Refusal(f"the normalized shape {['?' if d is None else d for d in dims]} is not static, so "
+                           "the missing γ/β cannot be written as ones/zeros")
         found.setdefault("gamma", np.ones(dims, dtype=dtype))
         found.setdefault("beta", np.zeros(dims, dtype=dtype))
     return found["gamma"], found["beta"]
 
 
-def norm_dtype(m: Match, x: str, mixed: bool) -> np.dtype | str:
+def norm_dtype(m: Match, x: str, mixed: bool) -> np.dtype | Refusal:
     """The fused op's dtype (x's): from the graph, else from the cast back or the eps constant."""
-    g = m.graph
-    elem = g.elem_type(x)
+    elem = m.facts.elem_type(x)
     back = attribute(m.node("cast_back"), "to") if m.has("cast_back") else None
     if elem is None:
         elem = back if mixed else _elem_of(m.const("eps"))
     if mixed and back is not None and back != elem:
-        return f"the statistics are cast back to type {back}, not to the input's type {elem}"
+        return Refusal(f"the statistics are cast back to type {back}, not to the input's type {elem}")
     if elem not in NORM_DTYPES:
         name = _DTYPE_NAMES.get(elem, f"element type {elem}")
-        return f"the input is {name}: only fp32/fp16/bf16 fuse (the fused statistics are fp32)"
+        return Refusal(f"the input is {name}: only fp32/fp16/bf16 fuse (the fused statistics are fp32)")
     if mixed and elem == FLOAT and attribute(m.node("cast_in"), "to") == DOUBLE:
-        return "the fp32 input's statistics are computed in double; the fused statistics would be fp32"
+        return Refusal("the fp32 input's statistics are computed in double; the fused statistics would be fp32")
     return NORM_DTYPES[elem]
 
 
@@ -229,28 +230,28 @@ def _elem_of(array: np.ndarray | None) -> int | None:
     return None
 
 
-def statistics_reason(m: Match) -> str | None:
+def statistics_reason(m: Match) -> Refusal | None:
     """The input the mean is taken of must be the one it is subtracted from."""
     if m["x_mean"] != m["x"]:
-        return (f"the mean is taken of '{m['x_mean']}' but subtracted from '{m['x']}': not a normalization "
-                "of one tensor")
+        return Refusal(f"the mean is taken of '{m['x_mean']}' but subtracted from '{m['x']}': not a "
+                       "normalization of one tensor")
     return None
 
 
 # ---------------------------------------------------------------------------- the LN rule
-def analyze(m: Match) -> Norm | str:
-    """Everything the rewrite needs, or the reason this match must not fuse."""
+def analyze(m: Match) -> Norm | Refusal:
+    """The check: everything the rewrite needs, or why this match must not fuse."""
     reason = statistics_reason(m)
     if reason:
         return reason
-    g, x = m.graph, m["x"]
-    axes = trailing_axes(g, x, [m.const("axes"), m.const("var_axes")])
-    if isinstance(axes, str):
+    x = m["x"]
+    axes = trailing_axes(m.facts, x, [m.const("axes"), m.const("var_axes")])
+    if isinstance(axes, Refusal):
         return axes
     return normalization(m, x, axes)
 
 
-def normalization(m: Match, x: str, axes: tuple) -> Norm | str:
+def normalization(m: Match, x: str, axes: tuple) -> Norm | Refusal:
     """The common tail of LayerNorm and RMSNorm: constants, dtype and affine parameters over `axes`."""
     k, shape = axes
     rank = len(shape) if shape is not None else None
@@ -258,24 +259,17 @@ def normalization(m: Match, x: str, axes: tuple) -> Norm | str:
     if reason:
         return reason
     dtype = norm_dtype(m, x, m.has("cast_in"))
-    if isinstance(dtype, str):
+    if isinstance(dtype, Refusal):
         return dtype
     norm_dims = list(shape[-k:]) if shape is not None else [None] * k
-    scale, bias = affine_params(m, norm_dims, rank, dtype)
-    if isinstance(scale, str):
-        return scale
+    params = affine_params(m, norm_dims, rank, dtype)
+    if isinstance(params, Refusal):
+        return params
     eps = float(np.asarray(m.const("eps"), dtype=np.float64).reshape(-1)[0])
-    return Norm(x, -k, eps, dtype, scale, bias)
+    return Norm(x, -k, eps, dtype, *params)
 
 
-def _check(m: Match) -> str | None:
-    result = analyze(m)
-    return result if isinstance(result, str) else None
-
-
-def _rewrite(m: Match, b) -> str:
-    n = analyze(m)
-    assert isinstance(n, Norm), n  # the check passed
+def _rewrite(m: Match, b, n: Norm) -> str:
     return b.op("LayerNormalization", n.x, b.const(n.scale, "scale"), b.const(n.bias, "bias"),
                 axis=n.axis, epsilon=n.eps, stash_type=1)
 
@@ -288,7 +282,7 @@ _gamma, _beta = Const(name="gamma"), Const(name="beta")
 
 def _ln_rule(name: str, pattern: Pattern, spellings: tuple[str, ...], doc: str) -> Rule:
     return Rule(name=name, family="layernorm", emits="LayerNormalization", min_opset=17, pattern=pattern,
-                check=_check, rewrite=_rewrite, spellings=spellings, doc=doc)
+                check=analyze, rewrite=_rewrite, spellings=spellings, doc=doc)
 
 
 _NORM = ("n = d / Sqrt(ReduceMean(Pow(d, 2) | Mul(d, d)) + eps), d = Sub(x, ReduceMean(x)); "

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from fuser.matcher import Match
 from fuser.pattern import Const, Pattern, Var, op
-from fuser.rule import Rule
+from fuser.rule import Refusal, Rule
 
 from .layernorm import Norm, cast_back, inverse, normalization, square, trailing_axes, upcast
 
@@ -35,25 +35,19 @@ def _rms(x_div: Pattern, x_sq: Pattern) -> Pattern:
     return inverse(x_div, op.Sqrt(op.Add(mean_square, Var("eps"))))
 
 
-def analyze(m: Match) -> Norm | str:
-    """Everything the rewrite needs, or the reason this match must not fuse."""
-    g, x = m.graph, m["x"]
+def analyze(m: Match) -> Norm | Refusal:
+    """The check: everything the rewrite needs, or why this match must not fuse."""
+    x = m["x"]
     if m["x_sq"] != x:
-        return f"the mean square is taken of '{m['x_sq']}' but '{x}' is divided by it: not an RMSNorm of one tensor"
-    axes = trailing_axes(g, x, [m.const("axes")], "RMSNormalization")
-    if isinstance(axes, str):
+        return Refusal(f"the mean square is taken of '{m['x_sq']}' but '{x}' is divided by it: not an RMSNorm "
+                       "of one tensor")
+    axes = trailing_axes(m.facts, x, [m.const("axes")], "RMSNormalization")
+    if isinstance(axes, Refusal):
         return axes
     return normalization(m, x, axes)
 
 
-def _check(m: Match) -> str | None:
-    result = analyze(m)
-    return result if isinstance(result, str) else None
-
-
-def _rewrite(m: Match, b) -> str:
-    n = analyze(m)
-    assert isinstance(n, Norm), n  # the check passed
+def _rewrite(m: Match, b, n: Norm) -> str:
     return b.op("RMSNormalization", n.x, b.const(n.scale, "scale"), axis=n.axis, epsilon=n.eps, stash_type=1)
 
 
@@ -64,7 +58,7 @@ _gamma = Const(name="gamma")
 
 def _rms_rule(name: str, pattern: Pattern, spellings: tuple[str, ...], doc: str) -> Rule:
     return Rule(name=name, family="rmsnorm", emits="RMSNormalization", min_opset=23, pattern=pattern,
-                check=_check, rewrite=_rewrite, spellings=spellings, doc=doc)
+                check=analyze, rewrite=_rewrite, spellings=spellings, doc=doc)
 
 
 _NORM = "n = x / Sqrt(ReduceMean(Pow(x, 2) | Mul(x, x)) + eps); / as Div, Mul(Reciprocal) or Mul(Div(1, ·))"

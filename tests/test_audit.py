@@ -181,10 +181,10 @@ def test_optimize_validation_flags(model_path, tmp_path):
 
 def test_audit_of_a_run_with_a_wrong_rewrite(tmp_path, monkeypatch):
     """A rule that breaks numerics (planted through the default pipeline): rolled back, or fatal under --strict."""
-    import fuser.passes
+    import fuser.assembly
     from test_validate import planted_model, planted_passes
 
-    monkeypatch.setattr(fuser.passes, "default_passes", lambda options: planted_passes())
+    monkeypatch.setattr(fuser.assembly, "default_passes", lambda options: planted_passes())
     path = tmp_path / "planted.onnx"
     onnx.save(planted_model(), path)
     rolled = audit(path, "--expect", "hswish==2", "--expect-no-rollback", "--junit", tmp_path / "r.xml")

@@ -16,8 +16,9 @@ from fuser.cli import main
 from fuser.cli.options import parse_bytes
 from fuser.errors import UsageError
 from fuser.options import Options
+from fuser.assembly import default_passes
 from fuser.passes import (CommonSubexpressionElimination, DeadCodeElimination, FusionPass, InitializerDedup,
-                          NoOpElimination, default_passes)
+                          NoOpElimination)
 
 CLEANUP = [CommonSubexpressionElimination(), NoOpElimination(), InitializerDedup(), DeadCodeElimination()]
 

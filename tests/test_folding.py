@@ -14,7 +14,7 @@ from fuser.graph import Graph
 from fuser.model_io import from_proto
 from fuser.passes import ConstantFolding, DeadCodeElimination, ShapeFolding
 from fuser.passes import constant_folding as cf
-from fuser.passes.shape_inference import _merge, infer_shapes
+from fuser.facts import _merge
 
 
 def i64(name, value):
@@ -271,5 +271,5 @@ def test_folding_passes_alone_on_a_graph():
                                        passes=[ShapeFolding(), ConstantFolding(), DeadCodeElimination()])
     assert [op for op in ops(optimized) if op != "Constant"] == ["Shape", "Gather", "Unsqueeze", "Concat", "Reshape"]
     assert report.sections["folding"].not_folded[0].reason == "Shape of 'x' depends on dynamic dim 'batch'"
-    assert infer_shapes(Graph(from_proto(optimized)))["y"] == ["batch", 3, 64]
+    assert Graph(from_proto(optimized)).facts.shape("y") == ["batch", 3, 64]
     assert_same(model, optimized, feeds_at([(1, 3, 8, 8), (3, 3, 8, 8)]))

@@ -695,7 +695,7 @@ def test_the_property_catches_a_wrong_rewrite(monkeypatch):
     import fuser.rules
     from fuser.rules.hardsigmoid import HARDSIGMOID
 
-    wrong = dataclasses.replace(HARDSIGMOID, rewrite=lambda m, b: b.op("HardSigmoid", m["x"]))
+    wrong = dataclasses.replace(HARDSIGMOID, rewrite=lambda m, b, _: b.op("HardSigmoid", m["x"]))
     monkeypatch.setattr(fuser.rules, "ALL_RULES", [wrong if r is HARDSIGMOID else r for r in fuser.rules.ALL_RULES])
 
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, phases=[Phase.generate],

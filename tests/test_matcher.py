@@ -273,9 +273,34 @@ def test_candidates_come_from_the_root_op_index():
 
 def test_non_standard_domain_is_refused_for_tensorrt():
     rule = Rule(name="to-contrib", family="test", pattern=op.Relu(x), emits="com.microsoft.Gelu",
-                rewrite=lambda m, b: b.op("Gelu", m["x"], domain="com.microsoft"))
+                rewrite=lambda m, b, _: b.op("Gelu", m["x"], domain="com.microsoft"))
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", F, [2])], [("y", F, [2])])
     from fuser.passes import FusionPass
     optimized, report = fuser.optimize(model, passes=[FusionPass([rule])], target="tensorrt")
     assert ops(optimized) == ["Relu"]
     assert "non-standard op" in report.near_misses[0].reason
+
+
+def test_a_check_hands_its_analysis_to_the_rewrite_and_refuses_with_a_refusal():
+    """check(m) runs once per match: what it returns reaches rewrite(m, b, analysis); a Refusal is a near
+    miss with its reason; a bare string (the old spelling of a refusal) is a bug in the rule, never a fusion."""
+    from fuser.passes import FusionPass
+    from fuser.rule import Refusal
+
+    seen = []
+
+    def check(m):
+        seen.append(m["x"])
+        return Refusal("x is the graph input") if m["x"] == "x" else {"negate": m["x"]}
+
+    rule = Rule(name="relu-to-neg", family="test", pattern=op.Relu(x), emits="Neg", check=check,
+                rewrite=lambda m, b, found: b.op("Neg", found["negate"]))
+    model = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Abs", ["r"], ["a"]),
+                        helper.make_node("Relu", ["a"], ["y"])], [("x", F, [2])], [("y", F, [2])])
+    optimized, report = fuser.optimize(model, passes=[FusionPass([rule])], validate=False)
+    assert ops(optimized) == ["Relu", "Abs", "Neg"] and seen.count("a") == 1
+    assert [m.reason for m in report.near_misses] == ["x is the graph input"]
+    legacy = Rule(name="legacy", family="test", pattern=op.Relu(x), emits="Neg", check=lambda m: "a reason",
+                  rewrite=lambda m, b, _: b.op("Neg", m["x"]))
+    with pytest.raises(TypeError, match="Refusal"):
+        fuser.optimize(model, passes=[FusionPass([legacy])], validate=False)

@@ -9,6 +9,7 @@ import fuser
 from fuser.errors import ModelError
 from fuser.graph import Graph
 from fuser.model_io import from_proto
+from fuser.pass_manager import PassResult
 
 from builders import make_model, ops, run
 
@@ -33,8 +34,8 @@ class RemoveOneRelu:
             if src and graph.node(src[0]).op_type == "Relu":
                 graph.remove_node(nid)
                 graph.substitute(node.output[0], node.input[0])
-                return True
-        return False
+                return PassResult(True)
+        return PassResult(False)
 
 
 class AlwaysModified:
@@ -42,7 +43,7 @@ class AlwaysModified:
     requires = ()
 
     def run(self, graph, ctx):
-        return True
+        return PassResult(True)
 
 
 class NeedsCheckerValid:
@@ -50,7 +51,7 @@ class NeedsCheckerValid:
     requires = ("checker-valid",)
 
     def run(self, graph, ctx):
-        return False
+        return PassResult(False)
 
 
 def test_runs_to_a_fixed_point_and_counts():

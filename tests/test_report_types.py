@@ -20,7 +20,8 @@ from test_validate import planted_model, planted_passes
 import fuser
 from fuser.audit import AuditSection, Expectations, check, report_sections
 from fuser.cli import main
-from fuser.passes import CleanupSection, FoldingSection, PrecisionStats, default_passes
+from fuser.assembly import default_passes
+from fuser.passes import CleanupSection, FoldingSection, PrecisionStats
 from fuser.report import FieldError, Report, read_report, to_json
 from fuser.report.formats import render
 from fuser.report.schema import checked_in, report_schema

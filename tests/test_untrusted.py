@@ -147,7 +147,7 @@ LOADER_CALLS = {"spec_from_file_location", "exec_module", "load_source", "run_pa
 # Dynamic imports allowed: file -> why. Anything else appearing here must be reviewed.
 ALLOWED_DYNAMIC_IMPORTS = {"backend.py": "imports `tensorrt` or `tensorrt_rtx`, names from the fixed BACKENDS list"}
 # Loader calls allowed: file -> why. The path loaded must be fixed by an installed package, never data.
-ALLOWED_LOADERS = {"shape_inference.py": "loads tools/symbolic_shape_infer.py from the installed onnxruntime "
+ALLOWED_LOADERS = {"facts.py": "loads tools/symbolic_shape_infer.py from the installed onnxruntime "
                                          "package (skipping tools/__init__, which imports torch)"}
 
 

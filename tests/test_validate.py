@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import fuser
 from fuser.errors import ModelError, UsageError
 from fuser.inputs import input_specs, load_feed_sets, parse_shape, random_feeds, resolve_shapes
+from fuser.pass_manager import PassResult
 from fuser.passes import DeadCodeElimination, FusionPass
 from fuser.pattern import Var, op
 from fuser.rule import Rule
@@ -23,7 +24,7 @@ x = Var("x")
 
 # Deliberately wrong: Relu(x) is not Abs(x). Right only where x >= 0, e.g. after an Exp.
 BROKEN = Rule(name="broken_relu", family="broken", pattern=op.Relu(x), emits="Abs",
-              rewrite=lambda m, b: b.op("Abs", m["x"]), doc="Relu(x) -> Abs(x) (wrong on purpose)")
+              rewrite=lambda m, b, _: b.op("Abs", m["x"]), doc="Relu(x) -> Abs(x) (wrong on purpose)")
 
 
 def hswish_nodes(i: int, src: str) -> list[onnx.NodeProto]:
@@ -89,7 +90,7 @@ def test_planted_wrong_rewrite_is_rolled_back_exactly():
     assert reasons["relu_a"].startswith("rolled back") and reasons["relu_b"].startswith("rolled back")
     assert v.bisection.trials <= 8 and v.first_attempt.failed_outputs["y"].passed is False
     assert v.outputs["y"].passed
-    assert report.options.disabled == frozenset()  # the user's options: rerunning them redoes the rollback
+    assert not hasattr(report.options, "disabled")  # the user's options: rerunning them redoes the rollback
 
 
 def test_many_rewrites_one_culprit_costs_few_trials():
@@ -126,14 +127,14 @@ class BreakRelu:
     name = "bad-fold"
     requires = ()
 
-    def run(self, graph, ctx) -> bool:
+    def run(self, graph, ctx) -> PassResult:
         changed = False
         for nid in list(graph.by_op.get("Relu", ())):
             graph.node(nid).op_type = "Abs"
             changed = True
         if changed:
             graph.by_op.setdefault("Abs", set()).update(graph.by_op.pop("Relu"))
-        return changed
+        return PassResult(changed)
 
 
 def test_non_fusion_pass_breaking_numerics_is_an_error():
@@ -214,7 +215,7 @@ def test_fp16_more_accurate_rewrite_passes_against_fp32_reference():
     far from the original (onnxruntime's CPU runs fp16 Add/Sub in fp32, so the rounding is an explicit Cast)."""
     pattern = op.Sub(op.Cast(op.Cast(op.Add(x, 1024.0), to=H), to=F), 1024.0)
     simplify = Rule(name="cancel_add_sub", family="cancel", emits="Identity", pattern=pattern,
-                    rewrite=lambda m, b: b.op("Identity", m["x"]))
+                    rewrite=lambda m, b, _: b.op("Identity", m["x"]))
     nodes = [const("k", 1024.0), helper.make_node("Add", ["x", "k"], ["a"], name="add"),
              helper.make_node("Cast", ["a"], ["h"], name="to16", to=H),
              helper.make_node("Cast", ["h"], ["b"], name="to32", to=F),
@@ -227,7 +228,7 @@ def test_fp16_more_accurate_rewrite_passes_against_fp32_reference():
     assert stats.fp32_reference.max_abs_optimized < 1e-3 < stats.fp32_reference.max_abs_original
     # a wrong rewrite of a low-precision model is still caught
     wrong = Rule(name="wrong_cancel", family="cancel", emits="Neg", pattern=pattern,
-                 rewrite=lambda m, b: b.op("Neg", m["x"]))
+                 rewrite=lambda m, b, _: b.op("Neg", m["x"]))
     optimized, report = fuser.optimize(model, passes=[FusionPass([wrong]), DeadCodeElimination()])
     assert report.validation.status == "rolled-back" and "Neg" not in ops(optimized)
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import click
 
-from fuser.rules import ALL_RULES
+from fuser.assembly import all_rules
 
 
 @click.command()
 @click.option("-v", "--verbose", is_flag=True, help="Also list every spelling each rule matches.")
 def rules(verbose: bool):
     """List the fusion rules."""
-    width = max(len(r.name) for r in ALL_RULES)
-    for r in ALL_RULES:
+    library = all_rules()
+    width = max(len(r.name) for r in library)
+    for r in library:
         targets = "" if len(r.targets) == 3 else f"  [targets: {', '.join(r.targets)}]"
         click.echo(f"{r.name:<{width}}  {r.family:<16} emits {r.emits or '-'} (opset >= {r.min_opset}){targets}")
         click.echo(f"{'':<{width}}  {r.doc}")
