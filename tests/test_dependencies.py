@@ -5,7 +5,7 @@ under `if TYPE_CHECKING:`), mapped to the installed distribution that ships each
 files' records, so `google.protobuf` is protobuf and `onnxruntime` is whichever build is installed), and compared
 with the requirements pyproject selects on this machine. An unused requirement or an undeclared import fails.
 
-fuser also runs one file of onnxruntime by path (passes/shape_inference.py: tools/symbolic_shape_infer.py,
+fuser also runs one file of onnxruntime by path (fuser/facts.py: tools/symbolic_shape_infer.py,
 onnxruntime's symbolic shape engine). What that file imports beyond onnxruntime's own requirements (sympy, an
 onnxruntime extra since 1.2x) is fuser's dependency too: without it the engine silently does not run and shape
 folding proves less (DAB-DETR: 2533 nodes instead of 2265).
@@ -115,8 +115,8 @@ def hard_requirements(env: dict | None = None) -> set[str]:
 
 def borrowed_imports() -> dict[str, set[str]]:
     """Modules imported by the onnxruntime file fuser runs by path that onnxruntime itself does not require."""
-    source = (ROOT / "passes" / "shape_inference.py").read_text()
-    assert '"tools" / "symbolic_shape_infer.py"' in source, "shape_inference.py no longer runs that file: update this"
+    source = (ROOT / "fuser" / "facts.py").read_text()
+    assert '"tools" / "symbolic_shape_infer.py"' in source, "fuser/facts.py no longer runs that file: update this"
     ort = _installed_distribution("onnxruntime")
     path = Path(ort.locate_file("onnxruntime/tools/symbolic_shape_infer.py"))
     ort_requires = {_canonical(req.name) for req in map(Requirement, ort.requires or ())

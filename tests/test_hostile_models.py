@@ -199,7 +199,7 @@ def test_a_rewrite_made_before_an_upgrade_is_reported():
     optimized, report = fuser.optimize(model, target_opset=22)
     assert ops(optimized).count("HardSwish") == 2 and optimized.opset_import[0].version == 22
     assert [f.rule for f in report.fusions] == ["hardswish", "hardswish"]
-    assert report.validation["status"] == "passed"
+    assert report.validation.status == "passed"
 
 
 def test_the_type_gate_decides_before_any_upgrade():

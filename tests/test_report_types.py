@@ -21,6 +21,7 @@ import fuser
 from fuser.audit import AuditSection, Expectations, check, report_sections
 from fuser.cli import main
 from fuser.assembly import default_passes
+from fuser.pass_manager import PassResult
 from fuser.passes import CleanupSection, FoldingSection, PrecisionStats
 from fuser.report import FieldError, Report, read_report, to_json
 from fuser.report.formats import render
@@ -125,9 +126,9 @@ class CallsSection:
 class CountingPass:
     name, requires = "counting", ()
 
-    def run(self, graph, ctx) -> bool:
+    def run(self, graph, ctx) -> PassResult:
         ctx.report.section(CallsSection).calls += 1
-        return False
+        return PassResult(False)
 
 
 def test_a_new_pass_section_is_one_type():
