@@ -102,7 +102,7 @@ def test_data(case: dict, model, work: Path) -> tuple[dict, dict, str]:
     """(inputs by name, expected outputs by name, the path fuser's --inputs gets)."""
     import numpy as np
 
-    from fuser.inputs import read_test_value
+    from fuser.validation.inputs import read_test_value
 
     inits = {t.name for t in model.graph.initializer}
     graph_inputs = [vi for vi in model.graph.input if vi.name not in inits]
@@ -127,7 +127,7 @@ def test_data(case: dict, model, work: Path) -> tuple[dict, dict, str]:
 
 def run_model(model, feeds: dict, engine: str) -> dict:
     """Outputs by name, on fuser's own engines (onnxruntime with its optimizations off, or onnx.reference)."""
-    from fuser.engines import open_session
+    from fuser.validation.engines import open_session
 
     session = open_session(engine, model, None)
     try:
@@ -256,7 +256,7 @@ def evaluate(case: dict, modes: tuple[str, ...]) -> dict:
 
 def optimize_once(case, model, feeds, expected, inputs_path, rtol, fuser, Options, ModelError, UsageError) -> dict:
     from fuser.report import to_json
-    from fuser.validate import unseeded_random_op
+    from fuser.validation.validate import unseeded_random_op
 
     start = time.perf_counter()
     out: dict = {}

@@ -43,7 +43,7 @@ from .pass_manager import PassManager, RunContext
 from .report import ModelSummary, Report
 from .report.formats import render
 from .trt import BuildOptions, BuildResult, build_engine, plan_build_outputs
-from .validate import ValidationFailed
+from .validation.validate import ValidationFailed
 
 ModelLike = str | os.PathLike | onnx.ModelProto | LoadedModel
 
@@ -145,7 +145,7 @@ def _run_validated(loaded: LoadedModel, options: Options, passes, progress) -> t
     first = _run(loaded, options, passes, progress, summary)
     if not options.validate:
         return first
-    from .rollback import validate_run
+    from .validation.rollback import validate_run
 
     def rerun(disabled: frozenset[str]):
         return _run(loaded, replace(options, validate=False), passes, progress, summary, disabled)

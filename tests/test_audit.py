@@ -13,7 +13,7 @@ from builders import const, make_model
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from fuser.audit import Expectations, check, parse_expectation
+from fuser.report.audit import Expectations, check, parse_expectation
 from fuser.cli import main
 from fuser.errors import UsageError
 from fuser.report import ModelSummary, Report
@@ -61,8 +61,8 @@ def test_passing_expectations_exit_0(model_path, tmp_path):
     assert report["input"]["sha256"] and report["input"]["size_bytes"] == model_path.stat().st_size
     assert "| nodes | 12 | 4 |" in (tmp_path / "r.md").read_text()
     suites = {s.get("name"): s for s in ET.parse(tmp_path / "r.xml").getroot()}
-    assert set(suites) == {"fuser.rules", "fuser.validation", "fuser.audit"}
-    assert suites["fuser.audit"].get("failures") == "0" and suites["fuser.audit"].get("tests") == "6"
+    assert set(suites) == {"fuser.rules", "fuser.validation", "fuser.report.audit"}
+    assert suites["fuser.report.audit"].get("failures") == "0" and suites["fuser.report.audit"].get("tests") == "6"
     assert "class='bar after'" in (tmp_path / "r.html").read_text()
 
 

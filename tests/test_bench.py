@@ -74,7 +74,7 @@ def test_input_shape_and_batch_with_ids_and_mask(tmp_path):
 
 
 def test_generated_inputs_follow_validation_rules():
-    from fuser.inputs import InputSpec
+    from fuser.validation.inputs import InputSpec
 
     specs = [InputSpec("input_ids", TensorProto.INT64, ("b", "s")), InputSpec("attention_mask", TensorProto.INT64,
                                                                               ("b", "s"))]

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from test_validate import BROKEN, HSWISH, planted_model, planted_passes
 
 import fuser
-from fuser.audit import AuditSection, Expectations, check
+from fuser.report.audit import AuditSection, Expectations, check
 from fuser.passes import DeadCodeElimination, FusionPass
 from fuser.report import SCHEMA_VERSION, ModelSummary, Report, to_json
 from fuser.report.formats import histogram_markdown, render, to_junit, to_markdown
@@ -120,7 +120,7 @@ def test_junit_cases_per_rule_output_and_expectation(rolled_back_report):
     assert rules["hardswish"].find("failure") is None
     outputs = {c.get("name"): c for c in suites["fuser.validation"]}
     assert list(outputs) == ["output y"] and outputs["output y"].find("failure") is None
-    audit = {c.get("name"): c for c in suites["fuser.audit"]}
+    audit = {c.get("name"): c for c in suites["fuser.report.audit"]}
     assert audit["broken>=3"].find("failure") is not None and audit["hswish>=2"].find("failure") is None
     assert audit["no-op Pow"].find("failure") is None
     assert root.get("failures") == str(sum(int(s.get("failures")) for s in root)) != "0"

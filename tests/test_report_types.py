@@ -18,7 +18,7 @@ from test_report_formats import check_schema, layernorm_model
 from test_validate import planted_model, planted_passes
 
 import fuser
-from fuser.audit import AuditSection, Expectations, check, report_sections
+from fuser.report.audit import AuditSection, Expectations, check, report_sections
 from fuser.cli import main
 from fuser.assembly import default_passes
 from fuser.pass_manager import PassResult
@@ -27,7 +27,7 @@ from fuser.report import FieldError, Report, read_report, to_json
 from fuser.report.formats import render
 from fuser.report.schema import checked_in, report_schema
 from fuser.report.terminal import optimize_summary
-from fuser.validate import OutputStats, ValidationSection
+from fuser.validation.validate import OutputStats, ValidationSection
 
 
 @pytest.fixture(scope="module")

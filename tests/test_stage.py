@@ -19,7 +19,7 @@ from fuser.errors import UsageError
 from fuser.outputs import OutputPlan
 from fuser.report import to_json
 from fuser.trt import BuildOptions, parse_profile
-from fuser.validate import ValidationFailed
+from fuser.validation.validate import ValidationFailed
 
 PROFILE = "x:1x8,2x8,4x8"
 

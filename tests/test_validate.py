@@ -10,13 +10,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 import fuser
 from fuser.errors import ModelError, UsageError
-from fuser.inputs import input_specs, load_feed_sets, parse_shape, random_feeds, resolve_shapes
+from fuser.validation.inputs import input_specs, load_feed_sets, parse_shape, random_feeds, resolve_shapes
 from fuser.pass_manager import PassResult
 from fuser.passes import DeadCodeElimination, FusionPass
 from fuser.pattern import Var, op
 from fuser.rule import Rule
 from fuser.rules import ALL_RULES
-from fuser.validate import ValidationFailed, compare, upcast_to_fp32
+from fuser.validation.validate import ValidationFailed, compare, upcast_to_fp32
 
 F, H = TensorProto.FLOAT, TensorProto.FLOAT16
 HSWISH = [r for r in ALL_RULES if r.family == "hswish"]
@@ -327,9 +327,9 @@ def test_external_data_models_validate(tmp_path):
 
 
 def test_models_over_the_protobuf_limit_go_through_a_file(tmp_path, monkeypatch):
-    import fuser.engines
+    import fuser.validation.engines
 
-    monkeypatch.setattr(fuser.engines, "INLINE_LIMIT", 0)  # as if every model were over 2 GB
+    monkeypatch.setattr(fuser.validation.engines, "INLINE_LIMIT", 0)  # as if every model were over 2 GB
     w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="mm"), *CONSTS, *hswish_nodes(0, "mm")]
     model = make_model(nodes, [("x", F, [2, 64])], [("h0", F, [2, 64])], [("w", w)], opset=14)

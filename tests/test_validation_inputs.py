@@ -20,7 +20,7 @@ from test_bad_input import expect_error, run_cli
 
 import fuser
 from fuser.cli import main
-from fuser.inputs import random_feeds
+from fuser.validation.inputs import random_feeds
 
 F, I64, B = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 

@@ -10,7 +10,7 @@
     measure.py       benchmark(): one model, provider, optimization level and batch, measured
     table.py         the results as a table and a one-line pipeline summary
 
-This package imports only onnxruntime, numpy, onnx and fuser.errors / fuser.inputs (never the fuser pipeline), so
+This package imports only onnxruntime, numpy, onnx and fuser.errors / fuser.validation.inputs (never the fuser pipeline), so
 `benchmarks/gpu_bench.py` can load it on the GPU machine without the rest of fuser's dependencies.
 """
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 
 from ..errors import FuserError, UsageError
-from ..inputs import DEFAULT_VOCAB_SIZE
+from ..validation.inputs import DEFAULT_VOCAB_SIZE
 from .cuda_runtime import CudaRuntime
 from .pipeline import COPY_BACKENDS, run_pipeline
 from .session import (ORT_OPT_LEVELS, PROVIDERS, Bound, SessionConfig, bench_shapes, check_cuda_available,

@@ -1,6 +1,6 @@
 """onnxruntime sessions for the benchmark: configuration, generated inputs, placement, IO binding.
 
-Inputs are random, generated as validation does (`fuser.inputs`): floats standard normal, ids in
+Inputs are random, generated as validation does (`fuser.validation.inputs`): floats standard normal, ids in
 [0, vocab_size), masks of 1s with trailing 0s. `input_shapes` pins dynamic dims ({"ids": (1, 128)});
 `batch` then replaces axis 0 of every input whose axis 0 is dynamic. The symbolic dims are pinned in the
 session too (`add_free_dimension_override_by_name`): static shapes are what CUDA graphs need, and every
@@ -17,7 +17,7 @@ import numpy as np
 from onnx import TensorProto
 
 from ..errors import FuserError, ModelError, UsageError
-from ..inputs import InputSpec, random_tensor, resolve_shapes
+from ..validation.inputs import InputSpec, random_tensor, resolve_shapes
 
 PROVIDERS = ("cuda", "cpu")
 ORT_OPT_LEVELS = ("off", "basic", "extended", "all")
@@ -54,7 +54,7 @@ def _elem_type(ort_type: str) -> int:
 
 
 def input_specs_of(session) -> list[InputSpec]:
-    """The session's inputs as `fuser.inputs.InputSpec` (read from onnxruntime, so the model is parsed once)."""
+    """The session's inputs as `fuser.validation.inputs.InputSpec` (read from onnxruntime, so the model is parsed once)."""
     specs = []
     for arg in session.get_inputs():
         dims = None if arg.shape is None else tuple(
@@ -64,7 +64,7 @@ def input_specs_of(session) -> list[InputSpec]:
 
 
 def bench_shapes(specs: list[InputSpec], input_shapes: dict | None, batch: int) -> dict[str, tuple[int, ...]]:
-    """Concrete input shapes: `input_shapes` and defaults (fuser.inputs), then axis 0 := batch where dynamic."""
+    """Concrete input shapes: `input_shapes` and defaults (fuser.validation.inputs), then axis 0 := batch where dynamic."""
     if batch < 1:
         raise UsageError(f"--batch {batch}: must be >= 1")
     shapes = resolve_shapes(specs, {k: tuple(v) for k, v in (input_shapes or {}).items()})

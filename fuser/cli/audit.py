@@ -17,13 +17,13 @@ import click
 from click.core import ParameterSource
 
 from fuser import stage
-from fuser.audit import AuditSection, Expectations, check, load_report
+from fuser.report.audit import AuditSection, Expectations, check, load_report
 from fuser.errors import UsageError
 from fuser.outputs import OutputPlan, write_atomic
 from fuser.report import Report
 from fuser.report.formats import FORMATS, as_saved, printable, render
 from fuser.report.terminal import audit_header
-from fuser.validate import ValidationFailed
+from fuser.validation.validate import ValidationFailed
 
 from .build import trt_build_options
 from .options import options_from, rule_options, validation_options

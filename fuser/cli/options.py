@@ -31,7 +31,7 @@ def model_file(path: Path) -> Path:
 def shape_pins(flag: str, texts) -> dict[str, tuple[int, ...]]:
     """'NAME:DIMS' texts (one flag's values) -> {name: shape}; an input named twice is a usage error."""
     from fuser.errors import UsageError
-    from fuser.inputs import parse_shape
+    from fuser.validation.inputs import parse_shape
 
     pins: dict[str, tuple[int, ...]] = {}
     for text in texts:
@@ -134,7 +134,7 @@ def _tolerances(flag: str, values) -> tuple[float | None, dict[str, float]]:
 
 def _validation_fields(kw: dict) -> dict:
     """Options fields from the flags of `validation_options` (and remove them from kw)."""
-    from fuser.inputs import parse_shape_map
+    from fuser.validation.inputs import parse_shape_map
 
     atol, atol_per = _tolerances("--atol", kw.pop("atol"))
     rtol, rtol_per = _tolerances("--rtol", kw.pop("rtol"))

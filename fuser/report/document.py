@@ -26,7 +26,7 @@ from .. import __version__
 from ..options import Options
 from ..rule import Fusion, NearMiss, RuleStats
 from ..trt.build import BuildSection
-from ..validate import ValidationSection
+from ..validation.validate import ValidationSection
 from .codec import FieldError, from_json
 
 SCHEMA_VERSION = "1.0"

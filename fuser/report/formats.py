@@ -258,7 +258,7 @@ def reproduce_markdown(report: Report) -> str:
 # ---------------------------------------------------------------------------------------------- JUnit XML
 
 def to_junit(report: Report) -> str:
-    """JUnit XML: suites fuser.rules, fuser.validation, fuser.audit (those that apply)."""
+    """JUnit XML: suites fuser.rules, fuser.validation, fuser.report.audit (those that apply)."""
     report = as_saved(report)
     root = ET.Element("testsuites", name="fuser")
     v = report.validation
@@ -301,9 +301,9 @@ def to_junit(report: Report) -> str:
 
     audit = report.sections.get("audit")
     if audit:
-        suite = _suite(root, "fuser.audit")
+        suite = _suite(root, "fuser.report.audit")
         for c in audit.checks:
-            case = _case(suite, "fuser.audit", c.name, None)
+            case = _case(suite, "fuser.report.audit", c.name, None)
             if not c.passed:
                 ET.SubElement(case, "failure", message=c.message, type=c.kind or "expectation")
             else:

@@ -104,7 +104,7 @@ def _type(tp: Any, defs: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from fuser.audit import report_sections  # the passes' sections and the audit's, chosen outside the core
+    from fuser.report.audit import report_sections  # the passes' sections and the audit's, chosen outside the core
 
     generated = text(report_schema(report_sections()))
     path = Path(str(resources.files("fuser").joinpath(CHECKED_IN)))

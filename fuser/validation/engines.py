@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import first_line
-from .model_io import LoadedModel, iter_tensors, uses_external_data
+from ..errors import first_line
+from ..model_io import LoadedModel, iter_tensors, uses_external_data
 
 ENGINES = ("onnxruntime", "reference")
 INLINE_LIMIT = 2**31 - 1 - (1 << 20)  # bigger models go to onnxruntime through a temporary file
@@ -107,8 +107,8 @@ class Session:
                 so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
             source = model.SerializeToString()
         else:  # too big for one protobuf: write it with its weights to a temporary folder
-            from .model_io import save_model
-            from .outputs import interrupts_held
+            from ..model_io import save_model
+            from ..outputs import interrupts_held
 
             with interrupts_held():  # an interrupt lands before or after, never inside (leaking the folder)
                 self._tmp = tempfile.TemporaryDirectory(prefix="fuser-validate-")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from .errors import FuserError
+from ..errors import FuserError
 from .validate import (Bisection, CannotValidate, FirstAttempt, Result, RolledBack, ValidationFailed,
                        ValidationSection, Validator, describe_failure, summarize)
 

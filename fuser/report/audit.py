@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from .errors import UsageError
-from .report import FieldError, Report, read_report
-from .validate import ValidationSection
+from ..errors import UsageError
+from . import FieldError, Report, read_report
+from ..validation.validate import ValidationSection
 
 OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "=": operator.eq, "!=": operator.ne,
              ">": operator.gt, "<": operator.lt}

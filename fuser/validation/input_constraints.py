@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .facts import infer_model
+from ..facts import infer_model
 
 if TYPE_CHECKING:
     from .inputs import InputSpec

@@ -1,9 +1,9 @@
 """Numerics validation: run the original and the optimized model on the same inputs and compare every output.
 
-Both models run on the same engine (`fuser.engines`): onnxruntime with its own graph optimizations OFF,
+Both models run on the same engine (`fuser.validation.engines`): onnxruntime with its own graph optimizations OFF,
 or, where onnxruntime cannot run the original (bfloat16/float8/int4 inputs, an op or op version it has no
 kernel for, an opset newer than it knows), onnx's reference evaluator; the report names the engine. The
-inputs are the user's or fuser's random ones (`fuser.inputs`); when the original fails on the first guess
+inputs are the user's or fuser's random ones (`fuser.validation.inputs`); when the original fails on the first guess
 of its dynamic dims, other guesses are tried and the report says which shapes were used. A model that
 draws random numbers without a seed, or that neither engine runs, is not validated, and the report says
 why in one line. Per output the report gets (`OutputStats`, in the report's `ValidationSection`):
@@ -41,10 +41,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .engines import ENGINES, CannotLoad, open_session
-from .errors import ModelError, first_line
+from ..errors import ModelError, first_line
 from .input_constraints import infer_value_types
 from .inputs import alternative_feed_sets, describe, feed_sets
-from .model_io import LoadedModel
+from ..model_io import LoadedModel
 
 DEFAULT_TOLERANCE = {  # (atol, rtol) by output element type; other types must match exactly
     TensorProto.FLOAT: 1e-4,
@@ -215,7 +215,7 @@ class Validator:
     """Compares optimized models against one original; the original runs once, here, at construction.
 
     The original runs on the first engine that can (onnxruntime, then onnx.reference) and, with random
-    inputs, on the first guess of its dynamic dims that it accepts (`fuser.inputs.alternative_feed_sets`);
+    inputs, on the first guess of its dynamic dims that it accepts (`fuser.validation.inputs.alternative_feed_sets`);
     every optimized model then runs on that engine with those inputs.
     """
 

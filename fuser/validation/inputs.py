@@ -1,6 +1,6 @@
 """Inputs for validation: seeded random tensors that make sense to the model, or the user's own data.
 
-Random inputs, per graph input: first what its consumers need (`fuser.input_constraints`: an index stays
+Random inputs, per graph input: first what its consumers need (`fuser.validation.input_constraints`: an index stays
 within the dim it indexes, a shape or axes input gets valid values, a ratio stays in [0, 1)...), then by
 dtype and name; a name-based range and a consumer's bound intersect:
 
@@ -42,7 +42,7 @@ import onnx
 import psutil
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import ModelError, UsageError
+from ..errors import ModelError, UsageError
 from .input_constraints import Draw, GraphFacts, constraint_for
 
 DEFAULT_VOCAB_SIZE = 100
