@@ -21,17 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import FuserError
+from ..errors import FuserError, first_line
 from .cuda_runtime import CudaRuntime
 from .session import Bound, SessionConfig, make_session
 from .stats import latency_stats, max_rel_diff
 
 NOSYNC = "disable_synchronize_execution_providers"  # RunOptions config key: Run returns once work is enqueued
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _pinned_array(rt: CudaRuntime, shape, dtype, keep: list) -> np.ndarray:
@@ -290,7 +285,7 @@ def run_pipeline(ort, rt: CudaRuntime, model_path: str, cfg: SessionConfig, feed
                 out[key] = measure(active, threads)
             except Exception as exc:  # noqa: BLE001 - one loop failing keeps the others' numbers
                 out[key] = {"lanes": len(active), "host_threads": threads,
-                            "error": f"{type(exc).__name__}: {_first_line(exc)}"}
+                            "error": f"{type(exc).__name__}: {first_line(exc)}"}
                 for lane in active:
                     lane.busy = False
                     with contextlib.suppress(FuserError):

@@ -41,7 +41,7 @@ class Draw:
     exact: np.ndarray | None = None
 
 
-class GraphFacts:
+class ConsumerFacts:
     """What the graph says about the values a model's inputs feed: their consumers, dims and constants."""
 
     KEEP_VALUES = {"Identity", "Cast"}  # the same values in the same shape: every constraint carries over
@@ -382,7 +382,7 @@ def _rule_for(node: onnx.NodeProto, slot: int, spec: InputSpec):
     return RULES.get(node.op_type if default_domain else f"{node.domain}/{node.op_type}", {}).get(slot)
 
 
-def constraint_for(spec: InputSpec, shape: tuple[int, ...], facts: GraphFacts) -> Draw | None:
+def constraint_for(spec: InputSpec, shape: tuple[int, ...], facts: ConsumerFacts) -> Draw | None:
     """The constraints of every consumer, combined: exact values win, ranges intersect."""
     found: Draw | None = None
     for node, slot, reshaped in facts.uses(spec.name):

@@ -43,7 +43,7 @@ import psutil
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError, UsageError
-from .input_constraints import Draw, GraphFacts, constraint_for
+from .input_constraints import Draw, ConsumerFacts, constraint_for
 
 DEFAULT_VOCAB_SIZE = 100
 BATCH_DIM, SPATIAL_DIM, OTHER_DIM = 1, 224, 16
@@ -244,7 +244,7 @@ def random_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | No
     specs = input_specs(model)
     concrete = resolve_shapes(specs, shapes, fill)
     rng = np.random.default_rng(seed)
-    facts = GraphFacts(model, {s.name: concrete[s.name] for s in specs if not s.container},
+    facts = ConsumerFacts(model, {s.name: concrete[s.name] for s in specs if not s.container},
                        {s.name: SEQUENCE_LENGTH for s in specs if "sequence" in s.container})
     feeds = {}
     for s in specs:
