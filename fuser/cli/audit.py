@@ -55,7 +55,7 @@ _EXT = {"json": "json", "md": "md", "junit": "xml", "html": "html"}
 @click.option("--markdown", "markdown_path", type=_OUT, default=None,
               help="Write the Markdown report here (e.g. \"$GITHUB_STEP_SUMMARY\").")
 @click.option("--junit", "junit_path", type=_OUT, default=None, help="Write JUnit XML here.")
-@click.option("--html", "html_path", type=_OUT, default=None, help="Write the HTML report (op histogram chart) here.")
+@click.option("--html", "html_path", type=_OUT, default=None, help="Write the HTML report (the Markdown's sections, with charts) here.")
 @click.option("--save-model", type=_OUT, default=None, help="Also write the optimized model here.")
 @click.option("--build", "build_engine_too", is_flag=True,
               help="Also build a TensorRT(-RTX) engine from the optimized model, so --expect-no-warning "

@@ -42,7 +42,6 @@ def optimize(model: Path, output: Path | None, report_path: Path | None, build_e
     """Fuse and clean MODEL, check it, and write the result atomically (and build an engine with --build)."""
     show_progress = kw["progress"] is not False  # on unless --no-progress
     options = options_from(kw)
-    options.progress = show_progress
     model = model_file(model)  # the default output is named after it
     output = output or default_output(model)
     engine = (engine or output.parent / (output.stem + ".plan")) if build_engine_too else None
