@@ -169,14 +169,14 @@ def _run_validated(loaded: LoadedModel, options: Options, passes,
     return optimized, report, graph
 
 
-def _run(loaded: LoadedModel, options: Options, passes, progress: Progress,
+def _run(loaded: LoadedModel, options: Options, passes, progress: Progress | None,
          input_summary: ModelSummary | None = None) -> tuple[onnx.ModelProto, Report, Graph]:
     start = time.perf_counter()
     report = Report(options=options)
     report.input = input_summary or ModelSummary.of(loaded.model, loaded.path)
     graph = Graph(loaded)
     ctx = Context(options=options, report=report, max_opset=options.max_opset_for(graph.opset()),
-                  allow_upgrade=options.allow_upgrade, progress=progress)
+                  allow_upgrade=options.allow_upgrade, progress=as_progress(progress))
     manager = PassManager(passes if passes is not None else _default_passes(options), options.max_iterations)
     graph = manager.run(graph, ctx)
     optimized = graph.to_model()

@@ -47,7 +47,7 @@ def both(stdout: str, stderr: str) -> str:
 
 def test_optimize_demo(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    stdout, stderr = run_cli("optimize", "models/demo.onnx", "-o", tmp_path / "demo.opt.onnx")
+    stdout, stderr = run_cli("optimize", "models/demo.onnx", "-o", tmp_path / "demo.opt.onnx", "--progress")
     matches_snapshot("optimize_demo.txt", normalized(both(stdout, stderr), tmp_path))
     assert "  HardSwish                 0        1       +1" in stdout  # the ops it made are listed
     assert all(len(line) <= 100 for line in stdout.splitlines()[1:])
@@ -76,7 +76,7 @@ def near_miss_model() -> onnx.ModelProto:
 def test_optimize_near_misses_by_reason(tmp_path):
     src = tmp_path / "near.onnx"
     onnx.save(near_miss_model(), src)
-    stdout, stderr = run_cli("optimize", src, "-o", tmp_path / "near.opt.onnx", "--no-upgrade", "--no-progress")
+    stdout, stderr = run_cli("optimize", src, "-o", tmp_path / "near.opt.onnx", "--no-upgrade")
     matches_snapshot("optimize_near_misses.txt", normalized(both(stdout, stderr), tmp_path))
     assert "    3x hardswish: emits HardSwish, which needs opset 14" in stdout
     assert stderr == ""

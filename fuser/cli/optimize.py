@@ -40,12 +40,12 @@ def default_output(src: Path) -> Path:
 def optimize(model: Path, output: Path | None, report_path: Path | None, build_engine_too: bool,
              engine: Path | None, build_options, **kw):
     """Fuse and clean MODEL, check it, and write the result atomically (and build an engine with --build)."""
-    show_progress = kw["progress"] is not False  # on unless --no-progress
+    wanted = kw["progress"]  # --progress / --no-progress / neither (None)
     options = options_from(kw)
     model = model_file(model)  # the default output is named after it
     output = output or default_output(model)
     engine = (engine or output.parent / (output.stem + ".plan")) if build_engine_too else None
-    with Display(enabled=show_progress) as progress:
+    with Display(wanted) as progress:
         result = stage.run(model, options, output=output, report_path=report_path,
                            build=build_options if build_engine_too else None, engine=engine, flags=FLAGS,
                            progress=progress)

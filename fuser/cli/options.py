@@ -77,8 +77,8 @@ def output_options(f):
                      help="Store weights in OUT.data beside the output (default: as the input did; "
                           "forced on past 2 GB).")(f)
     f = click.option("--progress/--no-progress", default=None,
-                     help="Show progress on stderr: a live line on a terminal, one line per stage when "
-                          "redirected (default: on).")(f)
+                     help="Progress on stderr: a live line on a terminal (the default), and with --progress "
+                          "also one line per stage when stderr is redirected (quiet by default).")(f)
     return f
 
 

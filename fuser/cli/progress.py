@@ -1,8 +1,9 @@
 """The commands' progress display, on stderr (stdout keeps the summary): on a terminal a live line with a spinner,
 the stage, a bar (filling when the stage knows its step count, the builder's phases), the current step and the
-elapsed time, erased when the command ends; redirected, one line per stage; with --no-progress, nothing.
+elapsed time, erased when the command ends, so a failure still leaves one line. Redirected it is quiet (a log or a
+CI job gets the summary, or the one error line), or with --progress one line per stage; --no-progress: nothing.
 
-    with Display(enabled=True) as progress:
+    with Display(wanted=None) as progress:       # None: live on a terminal, else quiet
         result = stage.run(model, options, progress=progress)
 
 rich draws it: its display redraws from a thread of its own, so the spinner and the clock keep moving through a
@@ -22,12 +23,13 @@ from fuser.report.formats import printable
 
 
 class Display(Progress):
-    """Stages and steps on stderr: live on a terminal, one line per stage elsewhere, nothing when not `enabled`."""
+    """Stages and steps on stderr. `wanted` (the --progress/--no-progress flag): None, live on a terminal and quiet
+    elsewhere; True, live on a terminal and one line per stage elsewhere; False, nothing."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, wanted: bool | None = None):
         console = Console(stderr=True)
-        self.live = enabled and console.is_terminal
-        self.lines = enabled and not self.live
+        self.live = wanted is not False and console.is_terminal
+        self.lines = wanted is True and not self.live
         self.bars = Bars(SpinnerColumn(),
                          TextColumn("{task.description}", markup=False,
                                     table_column=Column(no_wrap=True, overflow="ellipsis", ratio=3)),
