@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 
 from .codec import to_json
 from .document import Report, read_report
-from .layout import Chart, Code, Details, Mark, Page, Para, Pre, Section, Strong, Table, Bullets, layout, num, op_chart
+from .layout import Bullets, Chart, Code, Details, Mark, Para, Pre, Section, Strong, Table, layout, num, op_chart
 
 FORMATS = ("json", "md", "junit", "html")
 BAR_WIDTH = 20  # characters of a Markdown bar (charts of more than two series: half)
