@@ -16,7 +16,7 @@ files, the same errors. In order:
    and the caller's own files, given as a `plan`) is checked by one OutputPlan before any work, and a single-file
    output too big for protobuf's 2 GB is refused;
 3. the passes run to a fixed point, onnx.checker checks the result, and validation compares it with the original,
-   rolling back the rewrites that changed the outputs (fuser/rollback.py);
+   rolling back the rewrites that changed the outputs (fuser/validation/rollback.py);
 4. the model is written atomically, the engine built from it, the report written last.
 
 When validation fails (`ValidationFailed`, a model error) nothing is written but the report, which says why; the
@@ -40,6 +40,7 @@ from .model_io import (PROTOBUF_LIMIT, LoadedModel, from_proto, iter_tensors, lo
 from .options import Options
 from .outputs import OutputPlan, model_companions, write_atomic
 from .pass_manager import PassManager, RunContext
+from .progress import Progress, as_progress
 from .report import ModelSummary, Report
 from .report.formats import render
 from .trt import BuildOptions, BuildResult, build_engine, plan_build_outputs
@@ -71,8 +72,10 @@ def run(model: ModelLike, options: Options | None = None, *, output: str | os.Pa
     """Optimize `model` (a path, ModelProto or LoadedModel) and, as asked, write it to `output` (with its external
     data beside it when needed), build an engine with `build` (written to `engine` if given) and write the JSON
     report to `report_path`. `plan`: the caller's own reads and writes, checked with the stage's before any work.
-    `passes` replaces the default pipeline (tests and custom pipelines)."""
+    `passes` replaces the default pipeline (tests and custom pipelines). `progress` (a fuser.progress.Progress, or a
+    callable of one str) is told each stage as it starts and each step within it."""
     options = options or Options()
+    progress = as_progress(progress)
     if passes is None:
         _check_rule_names(options)
     loaded = load(model)
@@ -95,12 +98,13 @@ def run(model: ModelLike, options: Options | None = None, *, output: str | os.Pa
             write_atomic(report_path, render(exc.report, "json").encode())
         raise
     if output is not None:
+        progress.stage(f"writing {output}")
         written = save_model(loaded, optimized, output, external_data=options.external_data)
         report.output = ModelSummary.of(optimized, written[0])
         report.output_files = [str(p) for p in written]
     built = None
     if build is not None:
-        built = build_engine(output if output is not None else optimized, build, engine)
+        built = build_engine(output if output is not None else optimized, build, engine, progress=progress)
         report.build = built.section()
     if report_path is not None:
         write_atomic(report_path, render(report, "json").encode())
@@ -138,32 +142,36 @@ def _check_rule_names(options: Options) -> None:
     assembly.select_rules(options.rules, options.skip_rules, options.target)
 
 
-def _run_validated(loaded: LoadedModel, options: Options, passes, progress) -> tuple[onnx.ModelProto, Report, Graph]:
+def _run_validated(loaded: LoadedModel, options: Options, passes,
+                   progress: Progress) -> tuple[onnx.ModelProto, Report, Graph]:
     """`_run`, then numerics validation (on by default): rewrites that change the outputs are rolled back."""
     start = time.perf_counter()
     summary = ModelSummary.of(loaded.model, loaded.path)  # hashed once, not once per rollback trial
+    progress.stage(f"optimizing {loaded.path or 'the model'} ({len(loaded.model.graph.node)} nodes)")
     first = _run(loaded, options, passes, progress, summary)
     if not options.validate:
         return first
     from .validation.rollback import validate_run
 
-    def rerun(disabled: frozenset[str]):
-        return _run(loaded, replace(options, validate=False), passes, progress, summary, disabled)
+    def rerun(disabled: frozenset[str]):  # a rollback trial: its passes are not steps of their own
+        return _run(loaded, replace(options, validate=False), passes, Progress(), summary, disabled)
 
+    progress.stage("validating: both models on the same inputs")
     optimized, report, graph = validate_run(loaded, options, first, rerun, progress)
     report.time_s = time.perf_counter() - start
     return optimized, report, graph
 
 
-def _run(loaded: LoadedModel, options: Options, passes, progress, input_summary: ModelSummary | None = None,
-         disabled: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, Report, Graph]:
+def _run(loaded: LoadedModel, options: Options, passes, progress: Progress | None,
+         input_summary: ModelSummary | None = None, disabled: frozenset[str] = frozenset()
+         ) -> tuple[onnx.ModelProto, Report, Graph]:
     """One optimization of `loaded`; the rewrites whose keys are in `disabled` (rolled back) are not made."""
     start = time.perf_counter()
     report = Report(options=options)
     report.input = input_summary or ModelSummary.of(loaded.model, loaded.path)
     graph = Graph(loaded)
     ctx = RunContext(options=options, report=report, max_opset=options.max_opset_for(graph.opset()),
-                     allow_upgrade=options.allow_upgrade, disabled=disabled, progress=progress or (lambda msg: None))
+                     allow_upgrade=options.allow_upgrade, disabled=disabled, progress=as_progress(progress))
     manager = PassManager(passes if passes is not None else assembly.default_passes(options), options.max_iterations)
     graph = manager.run(graph, ctx)
     optimized = graph.to_model()

@@ -3,7 +3,10 @@ JUnit and HTML render; near misses carry their reasons into every format."""
 
 from __future__ import annotations
 
+import html
+import importlib.util
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import jsonschema
@@ -110,6 +113,88 @@ def test_histogram_bars():
     lines = md.splitlines()
     assert lines[2].startswith("| `Add` | 4 | 1 | -3 | `" + "█" * 20)
     assert "| `Gelu` | 0 | 1 | +1 |" in md and "| `Mul` | 2 | 0 | -2 |" in md
+    assert [line.split("|")[1].strip() for line in lines[2:5]] == ["`Add`", "`Mul`", "`Gelu`"]  # biggest change first
+
+
+def test_small_counts_show_next_to_big_ones():
+    """Bars on a log scale: one Relu beside 10 000 Adds is a visible bar in Markdown and in HTML (linear bars drew
+    it 0 px wide)."""
+    report = Report(input=ModelSummary(None, None, None, 13, 10001, {"Add": 10000, "Relu": 1}),
+                    output=ModelSummary(None, None, None, 13, 5001, {"Add": 5000, "Relu": 1}))
+    md = {line.split("|")[1].strip(): line for line in histogram_markdown(report).splitlines()[2:4]}
+    assert md["`Relu`"].count("█") >= 2 and md["`Add`"].endswith("`" + "█" * 20 + "` | `" + "█" * 18 + "··` |")
+    page = render(report, "html")
+    widths = {}
+    for width, title in re.findall(r"width='([\d.]+)' height='7' fill='[^']*'><title>(\w+ \d+)</title>", page):
+        widths[title] = float(width)
+    assert widths["before 1"] >= 15 and widths["before 10000"] == 260 and widths["after 5000"] < 260
+
+
+def test_the_rule_chart_has_attempts_hits_and_near_misses():
+    _, report = fuser.optimize(layernorm_model(eps_input=True))
+    stats = report.rules["layernorm"]
+    near = sum(1 for m in report.near_misses if m.rule == "layernorm")
+    assert near and stats.attempts
+    md = to_markdown(report)
+    row = next(line for line in md.splitlines() if line.startswith("| layernorm |"))
+    assert row.startswith(f"| layernorm | {stats.attempts} | {stats.hits} | {near} | {stats.matches} |")
+    assert row.count("`") == 6  # three bars: attempts, hits, near misses
+    page = render(report, "html")
+    assert f"<title>near misses {near}</title>" in page and f"<title>attempts {stats.attempts}</title>" in page
+
+
+def section_titles(md: str, page: str) -> tuple[list[str], list[str]]:
+    """The sections (and folded parts) of a Markdown and of an HTML report, in order."""
+    md_titles = re.findall(r"^### (.*)$|<summary>(.*?)</summary>", md, re.M)
+    html_titles = re.findall(r"<h2>(.*?)</h2>|<summary>(.*?)</summary>", page)
+    return [html.unescape(a or b) for a, b in md_titles], [html.unescape(a or b) for a, b in html_titles]
+
+
+def test_html_renders_every_section_markdown_has(tmp_path):
+    """One page, two syntaxes: the same sections in the same order, for a report with every section (rolled-back
+    validation, audit, near misses, folding/clean-up/fp16, a TensorRT build, notes)."""
+    from fuser.passes import default_passes
+
+    fp16 = fuser.Options(precision="fp16")  # the recipe of test_report_types' rich_report
+    _, report = fuser.optimize(planted_model(), fp16, passes=[planted_passes()[0], *default_passes(fp16)[1:]])
+    report.set_section(AuditSection.of(check(report, Expectations.from_cli(["hswish>=1"], ["Pow"]))))
+    _, near = fuser.optimize(layernorm_model(eps_input=True))
+    report.near_misses += near.near_misses
+    if importlib.util.find_spec("tensorrt_rtx"):
+        from fuser.trt import BuildOptions, build_engine
+
+        report.build = build_engine(report_model(tmp_path), BuildOptions(opt_level=0, backend="tensorrt_rtx")).section()
+    md, page = to_markdown(report), render(report, "html")
+    md_titles, html_titles = section_titles(md, page)
+    assert md_titles == html_titles
+    expected = ["Before / after", "Audit", "Op histogram", "Validation: rolled-back", "Rules", "Passes",
+                f"Near misses ({len(report.near_misses)})", "Fusions"]
+    assert [t for t in md_titles if t in expected] == expected
+    said = [key.capitalize() for key, section in report.sections.items() if getattr(section, "summary", None)
+            and section.summary()]
+    assert said and {*said, "Notes", "Reproduce", "Options"} <= set(md_titles)
+    if report.build:
+        assert "Build" in md_titles
+    for text in ("broken_relu@r1", "max abs", "rounds; fixed point reached", "eps is not a constant"):
+        assert text in md and text in page, text
+
+
+def report_model(tmp_path):
+    """A small static model for a real engine build."""
+    model = make_model([*CONSTS, *hswish(0, "x")], [("x", F, [4, 8])], [("h0", F, [4, 8])], opset=14)
+    path = tmp_path / "static.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_markdown_groups_near_misses_by_reason():
+    nodes = [*CONSTS, *hswish(0, "x"), *hswish(1, "h0"), *hswish(2, "h1")]
+    model = make_model(nodes, [("x", F, [4, 8])], [("h2", F, [4, 8])], opset=13)
+    _, report = fuser.optimize(model, allow_upgrade=False, rules=("hardswish",))
+    md = to_markdown(report)
+    assert "### Near misses (3)" in md
+    assert re.search(r"^\| 3 \| hardswish \| emits HardSwish, which needs opset 14;.* \| `hs0/div` \|$", md, re.M)
+    assert "<details><summary>Every near miss (3)</summary>" in md
 
 
 def test_junit_cases_per_rule_output_and_expectation(rolled_back_report):
@@ -128,7 +213,8 @@ def test_junit_cases_per_rule_output_and_expectation(rolled_back_report):
 
 def test_html_and_render_dispatch(rolled_back_report):
     page = render(rolled_back_report, "html")
-    assert page.startswith("<!doctype html>") and "Op histogram" in page and "title='after 2'" in page
+    assert page.startswith("<!doctype html>") and "<h2>Op histogram</h2>" in page
+    assert "<rect class='bar after'" in page and "<title>after 2</title>" in page
     assert render(rolled_back_report, "md") == to_markdown(rolled_back_report)
     with pytest.raises(ValueError):
         render(rolled_back_report, "pdf")
@@ -173,3 +259,53 @@ def test_rolled_back_near_miss_reason():
     _, report = fuser.optimize(planted_model(), passes=[FusionPass([*HSWISH, BROKEN]), DeadCodeElimination()])
     reasons = {m.at: m.reason for m in report.near_misses}
     assert reasons["relu_b"] == "rolled back: this instance changed the outputs in validation"
+
+
+def markup_of(page: str) -> list[tuple[str, list[str]]]:
+    """Every tag of an HTML page with its attribute names, as a browser's tokenizer reads them."""
+    from html.parser import HTMLParser
+
+    found = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.append((tag, [name for name, _ in attrs]))
+
+    Tags().feed(page)
+    return found
+
+
+ATTACK = "<script>alert(1)</script><img src=x onerror=alert(2)>'\"&"
+
+
+def test_html_is_standalone_and_escapes_every_name():
+    """Names from a hostile model (ops, nodes, outputs, rules, the path) never become markup, and the page fetches
+    nothing: no script, no external stylesheet, image or font."""
+    from fuser.report.audit import report_sections
+    from fuser.report import read_report
+
+    _, report = fuser.optimize(layernorm_model(eps_input=True))
+    document = to_json(report)
+    document["input"]["path"] = f"model{ATTACK}.onnx"
+    document["input"]["ops"][f"Op{ATTACK}"] = 3
+    document["output"]["ops"][f"Op{ATTACK}"] = 1
+    document["near_misses"][0]["at"] = f"node{ATTACK}"
+    document["near_misses"][0]["reason"] = f"why{ATTACK}"
+    document["rules"][f"rule{ATTACK}"] = {"attempts": 2, "matches": 1, "hits": 0, "time_s": 0.0}
+    document["validation"]["outputs"] = {f"y{ATTACK}": document["validation"]["outputs"]["y"]}
+    document["notes"].append(f"note{ATTACK}")
+    document["command"] = ["fuser", "optimize", f"m{ATTACK}.onnx"]
+    hostile = read_report(document, report_sections())
+    page = render(hostile, "html")
+    tags = markup_of(page)
+    assert {tag for tag, _ in tags} <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "br", "section",
+                                        "table", "thead", "tbody", "tr", "th", "td", "code", "strong", "span", "ul", "li",
+                                        "pre", "details", "summary", "figure", "figcaption", "svg", "rect", "line",
+                                        "text"}, tags
+    assert not [a for _, attrs in tags for a in attrs if a.startswith("on") or a in ("src", "href")]
+    assert "@import" not in page and "url(" not in page
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 7  # path, op (title, label), node, reason, ...
+    assert re.findall(r"https?://[^'\"]*", page) == ["http://www.w3.org/2000/svg"] * page.count("<svg")
+    md = render(hostile, "md")
+    outside_code = re.sub(r"(`{3,})[^\n]*\n.*?\n\1", "", md, flags=re.S)  # a fenced block shows text as text
+    assert "<script" not in outside_code and "<img" not in outside_code and "&lt;script>" in outside_code

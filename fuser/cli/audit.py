@@ -27,6 +27,7 @@ from fuser.validation.validate import ValidationFailed
 
 from .build import trt_build_options
 from .options import options_from, rule_options, validation_options
+from .progress import Display
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 _OUT = click.Path(path_type=Path)  # outputs are checked by the run's OutputPlan, one rule for every flag
@@ -54,7 +55,7 @@ _EXT = {"json": "json", "md": "md", "junit": "xml", "html": "html"}
 @click.option("--markdown", "markdown_path", type=_OUT, default=None,
               help="Write the Markdown report here (e.g. \"$GITHUB_STEP_SUMMARY\").")
 @click.option("--junit", "junit_path", type=_OUT, default=None, help="Write JUnit XML here.")
-@click.option("--html", "html_path", type=_OUT, default=None, help="Write the HTML report (op histogram chart) here.")
+@click.option("--html", "html_path", type=_OUT, default=None, help="Write the HTML report (the Markdown's sections, with charts) here.")
 @click.option("--save-model", type=_OUT, default=None, help="Also write the optimized model here.")
 @click.option("--build", "build_engine_too", is_flag=True,
               help="Also build a TensorRT(-RTX) engine from the optimized model, so --expect-no-warning "
@@ -142,8 +143,9 @@ def _optimize(model: Path, save_model: Path | None, kw: dict, build_options, pla
     """The stage on MODEL (the model kept in memory unless --save-model); a report whose validation failed is
     still audited and rendered, with the error."""
     try:
-        result = stage.run(model, options_from(kw), output=save_model, build=build_options, plan=plan,
-                           flags=stage.Flags(output="--save-model"))
+        with Display() as progress:
+            result = stage.run(model, options_from(kw), output=save_model, build=build_options, plan=plan,
+                               flags=stage.Flags(output="--save-model"), progress=progress)
     except ValidationFailed as exc:
         if exc.report is None:
             raise

@@ -20,6 +20,7 @@ from fuser.report.terminal import build_summary
 from fuser.trt import BuildOptions, build_engine, parse_profile, plan_build_outputs
 
 from .options import model_file
+from .progress import Display
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 _OUT = click.Path(path_type=Path)  # outputs are checked by the run's OutputPlan, one rule for every flag
@@ -81,7 +82,8 @@ def build(model: Path, output: Path | None, build_options: BuildOptions, report:
     plan_build_outputs(plan, build_options, "-o", output)
     plan.write("--report", report)
     plan.check()
-    section = build_engine(model, build_options, output).section()
+    with Display() as progress:
+        section = build_engine(model, build_options, output, progress=progress).section()
     if report:
         write_atomic(report, (json.dumps(to_json(section), indent=1) + "\n").encode())
     click.echo(printable(build_summary(section)))

@@ -3,7 +3,6 @@ it did."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -15,8 +14,8 @@ from fuser.report.terminal import build_summary, optimize_summary
 from .build import trt_build_options
 from .options import (model_file, options_from, output_options, precision_options, rule_options, shape_options,
                       validation_options)
+from .progress import Display
 
-PROGRESS_NODES = 5000
 FLAGS = stage.Flags(output="-o", report="--report", engine="--engine")
 
 
@@ -41,28 +40,15 @@ def default_output(src: Path) -> Path:
 def optimize(model: Path, output: Path | None, report_path: Path | None, build_engine_too: bool,
              engine: Path | None, build_options, **kw):
     """Fuse and clean MODEL, check it, and write the result atomically (and build an engine with --build)."""
-    progress_flag = kw["progress"]
+    wanted = kw["progress"]  # --progress / --no-progress / neither (None)
     options = options_from(kw)
     model = model_file(model)  # the default output is named after it
     output = output or default_output(model)
     engine = (engine or output.parent / (output.stem + ".plan")) if build_engine_too else None
-    if progress_flag is None:
-        options.progress = _node_count_hint(model) > PROGRESS_NODES
-    result = stage.run(model, options, output=output, report_path=report_path,
-                       build=build_options if build_engine_too else None, engine=engine, flags=FLAGS,
-                       progress=_echo_progress if options.progress else None)
+    with Display(wanted) as progress:
+        result = stage.run(model, options, output=output, report_path=report_path,
+                           build=build_options if build_engine_too else None, engine=engine, flags=FLAGS,
+                           progress=progress)
     click.echo(printable(optimize_summary(result.report, model, output)))
     if result.report.build is not None:
         click.echo(printable(build_summary(result.report.build)))
-
-
-def _node_count_hint(path: Path) -> int:
-    """A cheap guess of node count from file size (exact counts need parsing, done later anyway)."""
-    try:
-        return os.path.getsize(path) // 200
-    except OSError:
-        return 0
-
-
-def _echo_progress(msg: str) -> None:
-    click.echo(f"fuser: {msg}", err=True)

@@ -77,7 +77,8 @@ def output_options(f):
                      help="Store weights in OUT.data beside the output (default: as the input did; "
                           "forced on past 2 GB).")(f)
     f = click.option("--progress/--no-progress", default=None,
-                     help="Print progress to stderr (default: on for models over 5000 nodes).")(f)
+                     help="Progress on stderr: a live line on a terminal (the default), and with --progress "
+                          "also one line per stage when stderr is redirected (quiet by default).")(f)
     return f
 
 

@@ -1,11 +1,14 @@
 """The report in the formats CI tools read, every one rendered from the typed Report (`render(report, fmt)`).
 
     json      the document itself (codec.to_json); its schema is fuser/schema/report.schema.json
-    md        Markdown for a CI job summary (`--markdown "$GITHUB_STEP_SUMMARY"`): before/after table,
-              op histogram chart, fusions, validation statistics, rules, near misses, provenance, how to reproduce
+    md        Markdown for a CI job summary (`--markdown "$GITHUB_STEP_SUMMARY"`)
+    html      a standalone page (inline CSS and SVG charts, no script, nothing fetched)
     junit     JUnit XML: one test case per rule (fails when validation rolled one of its rewrites back),
               one per validated output, one per audit expectation
-    html      a standalone page: the before/after table and the op histogram as a bar chart
+
+Markdown and HTML render the same page (layout.py: before/after, audit, the op histogram and the per-rule chart on
+a log scale, validation, passes, near misses by reason, fusions, the passes' sections, build, notes, how to
+reproduce), so neither shows less than the other.
 
 A run's report renders exactly as its saved JSON read back would: it goes through the JSON first, so names
 protobuf handed back as bytes are text and NaN is null in every format. Names are data from a model or a JSON
@@ -17,15 +20,16 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
-import shlex
 import xml.etree.ElementTree as ET
 
 from .codec import to_json
-from .document import ModelSummary, Report, read_report
+from .document import Report, read_report
+from .layout import Bullets, Chart, Code, Details, Mark, Para, Pre, Section, Strong, Table, layout, num, op_chart
 
 FORMATS = ("json", "md", "junit", "html")
-BAR_WIDTH = 20
+BAR_WIDTH = 20  # characters of a Markdown bar (charts of more than two series: half)
 
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 
@@ -55,6 +59,19 @@ def _json_text(report: Report) -> str:
 
 # ---------------------------------------------------------------------------------------------- Markdown
 
+def to_markdown(report: Report) -> str:
+    page = layout(as_saved(report))
+    out = [f"## {_md_inline(page.title)}\n", "  \n".join(_md_inline(line) for line in page.headline) + "\n"]
+    for section in page.sections:
+        out.append(_md_section(section))
+    return "\n".join(out)
+
+
+def histogram_markdown(report: Report) -> str:
+    """The op histogram before/after as a Markdown table with text bars (log scale)."""
+    return _md_block(op_chart(as_saved(report)))
+
+
 def _md(value) -> str:
     """Text safe inside a Markdown table cell."""
     text = "" if value is None else str(value)
@@ -66,193 +83,68 @@ def _code(value) -> str:
     return f"`{text}`" if text else ""
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "–"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+def _md_inline(part) -> str:
+    if isinstance(part, list):
+        return "".join(_md_inline(p) for p in part)
+    if isinstance(part, Code):
+        return _code(part.text)
+    if isinstance(part, Strong):
+        return f"**{_md(part.text)}**"
+    if isinstance(part, Mark):
+        return {True: "✅", False: "❌", None: "⚠️"}[part.ok]
+    return _md(part)
 
 
-def _num(x, fmt: str = ".3g") -> str:
-    return "–" if x is None else format(x, fmt)
+def _md_section(section: Section) -> str:
+    return f"### {_md(section.title)}\n\n" + "\n".join(_md_block(b) for b in section.blocks)
 
 
-def _ms(seconds) -> str:
-    return "–" if seconds is None else f"{seconds * 1000:.1f}"
+def _md_table(header: list[str], rows: list[list], numeric=frozenset()) -> str:
+    def line(cells: list[str]) -> str:
+        return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+    lines = [line([_md(h) for h in header]),
+             "|" + "|".join("---:" if i in numeric else "---" for i in range(len(header))) + "|"]
+    lines += [line([_md_inline(cell) for cell in row]) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _md_block(block) -> str:
+    if isinstance(block, Para):
+        return _md_inline(block.parts) + "\n"
+    if isinstance(block, Table):
+        return _md_table(block.header, block.rows, block.numeric)
+    if isinstance(block, Bullets):
+        return "\n".join(f"- {_md_inline(item)}" for item in block.items) + "\n"
+    if isinstance(block, Pre):
+        fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", block.text)), default=0))
+        return f"{fence}{block.lang}\n{block.text}\n{fence}\n"
+    if isinstance(block, Details):
+        inner = "\n".join(_md_block(b) for b in block.blocks)
+        return f"<details><summary>{html.escape(block.summary)}</summary>\n\n{inner}\n</details>\n"
+    if isinstance(block, Chart):
+        top = max((v for _, values, _ in block.rows for v in values), default=0)
+        width = BAR_WIDTH if len(block.series) <= 2 else BAR_WIDTH // 2
+        n = len(block.series)
+        rows = [[label, *values, *extra, *(f"`{_bar(v, top, width)}`" for v in values)]
+                for label, values, extra in block.rows]
+        table = _md_table([block.label, *block.series, *block.extra, *block.series], rows,
+                          frozenset(range(1, 1 + n + len(block.extra))))
+        return table + (f"\n_{_md(block.note)}_\n" if block.note else "")
+    raise TypeError(f"no Markdown for {type(block).__name__}")
 
 
 def _bar(n: int, top: int, width: int = BAR_WIDTH) -> str:
-    filled = 0 if not top else round(width * n / top)
+    """A text bar on a log scale: 1 of 1000 shows, 0 is empty."""
+    filled = round(width * _log_fraction(n, top))
     if n and not filled:
         filled = 1
     return "█" * filled + "·" * (width - filled)
 
 
-def _status_icon(ok: bool | None) -> str:
-    return {True: "✅", False: "❌", None: "⚠️"}[ok]
-
-
-def _ops(model: ModelSummary | None) -> dict[str, int]:
-    return model.ops if model else {}
-
-
-def histogram_rows(report: Report) -> list[tuple[str, int, int]]:
-    before, after = _ops(report.input), _ops(report.output)
-    ops = sorted(set(before) | set(after), key=lambda op: (-max(before.get(op, 0), after.get(op, 0)), op))
-    return [(op, before.get(op, 0), after.get(op, 0)) for op in ops]
-
-
-def histogram_markdown(report: Report) -> str:
-    """The op histogram before/after as a Markdown table with text bars."""
-    rows = histogram_rows(report)
-    if not rows:
-        return "_no ops_\n"
-    top = max(max(b, a) for _, b, a in rows)
-    lines = ["| op | before | after | Δ | before | after |", "|---|---:|---:|---:|---|---|"]
-    for op, b, a in rows:
-        delta = a - b
-        lines.append(f"| {_code(op)} | {b} | {a} | {'+' if delta > 0 else ''}{delta if delta else '0'} "
-                     f"| `{_bar(b, top)}` | `{_bar(a, top)}` |")
-    return "\n".join(lines) + "\n"
-
-
-def _cells(model: ModelSummary | None, missing: str) -> list:
-    if model is None:
-        return [missing, "–", "–", "–", "–", 0]
-    return [_code(model.path) or missing, _code((model.sha256 or "")[:16]) or "–", _size(model.size_bytes),
-            model.opset, model.nodes, len(model.ops)]
-
-
-def before_after_markdown(report: Report) -> str:
-    names = ("file", "sha256", "size", "opset", "nodes", "distinct ops")
-    rows = zip(names, _cells(report.input, "–"), _cells(report.output, "(in memory)"))
-    lines = ["| | before | after |", "|---|---|---|"]
-    lines += [f"| {name} | {b} | {a} |" for name, b, a in rows]
-    return "\n".join(lines) + "\n"
-
-
-def to_markdown(report: Report) -> str:
-    report = as_saved(report)
-    out: list[str] = []
-    title = (report.input and report.input.path) or "model"
-    out.append(f"## fuser report: {_code(title)}\n")
-    headline = []
-    audit = report.sections.get("audit")
-    if audit:
-        failed = [c for c in audit.checks if not c.passed]
-        headline.append(f"{_status_icon(not failed)} **audit {'passed' if not failed else 'failed'}**: "
-                        f"{len(audit.checks) - len(failed)} of {len(audit.checks)} expectations met")
-    v = report.validation
-    if v:
-        ok = {"passed": True, "rolled-back": None, "failed": False, "skipped": None}.get(v.status)
-        headline.append(f"{_status_icon(ok)} **validation {v.status}**: {_md(v.summary)}")
-    counts = report.fusion_counts
-    headline.append("**fused**: " + (", ".join(f"{_md(k)} {n}" for k, n in counts.items()) if counts else "nothing")
-                    + f" in {report.time_s:.2f} s")
-    out.append("  \n".join(headline) + "\n")
-    out.append("### Before / after\n")
-    out.append(before_after_markdown(report))
-    if audit:
-        out.append("### Audit\n")
-        out.append("| expectation | result | detail |\n|---|---|---|")
-        out.append("\n".join(f"| {_code(c.name)} | {_status_icon(c.passed)} {'pass' if c.passed else 'FAIL'} "
-                             f"| {_md(c.message)} |" for c in audit.checks) + "\n")
-    out.append("### Op histogram\n")
-    out.append(histogram_markdown(report))
-    if v:
-        out.append(validation_markdown(v))
-    out.append(rules_markdown(report))
-    near = report.near_misses
-    if near:
-        out.append(f"### Near misses ({len(near)})\n")
-        out.append("| rule | at | reason |\n|---|---|---|")
-        out.append("\n".join(f"| {_md(m.rule)} | {_code(m.at)} | {_md(m.reason)} |" for m in near) + "\n")
-    fusions = report.fusions or []
-    if fusions:
-        out.append(f"<details><summary>Fused instances ({len(fusions)}) with the nodes they replaced</summary>\n")
-        out.append("| key | rule | replaced | created |\n|---|---|---|---|")
-        out.append("\n".join(
-            f"| {_code(f.key)} | {_md(f.rule)} | {_md(', '.join(f.replaced))} "
-            f"| {_md(', '.join(f'{n} ({op})' for n, op in zip(f.created, f.created_ops)))} |"
-            for f in fusions))
-        out.append("\n</details>\n")
-    build = report.build
-    if build and build.warnings:
-        out.append("### Build warnings\n")
-        out.append("| id | message |\n|---|---|")
-        out.append("\n".join(f"| {_code(w.id)} | {_md(w.explanation)} |" for w in build.warnings) + "\n")
-    if report.notes or report.warnings:
-        out.append("### Notes\n")
-        out.append("\n".join([f"- ⚠️ {_md(w)}" for w in report.warnings] + [f"- {_md(n)}" for n in report.notes])
-                   + "\n")
-    out.append(reproduce_markdown(report))
-    return "\n".join(out)
-
-
-def validation_markdown(v) -> str:
-    out = [f"### Validation: {_md(v.status)}\n"]
-    info = [f"provider {_md(v.provider)} ({_md(v.device or '–')})", f"inputs {_md(v.inputs or '–')}"]
-    if v.shapes:
-        info.append("shapes " + "; ".join(", ".join(f"{_md(k)} {'x'.join(map(str, s or [])) or 'scalar'}"
-                                                    for k, s in m.items()) for m in v.shapes))
-    out.append(" · ".join(info) + "\n")
-    if v.reason:
-        out.append(f"Skipped: {_md(v.reason)}\n")
-    if v.outputs:
-        out.append("| output | dtype | max abs | mean abs | median abs | p99 abs | max rel | cosine "
-                   "| NaN/Inf ref→opt | atol / rtol | result |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|---|---|---|")
-        for name, s in v.outputs.items():
-            nan_inf = (f"{s.nan.reference}/{s.inf.reference if s.inf else 0} → "
-                       f"{s.nan.optimized}/{s.inf.optimized if s.inf else 0}") if s.nan else "–"
-            result = "pass" if s.passed else f"FAIL ({'?' if s.mismatches is None else s.mismatches} off)"
-            if s.judged_by == "fp32-reference":
-                result += " vs fp32"
-            if s.error:
-                result = f"FAIL: {s.error}"
-            out.append(f"| {_code(name)} | {_md(s.dtype or '–')} | {_num(s.max_abs)} "
-                       f"| {_num(s.mean_abs)} | {_num(s.median_abs)} | {_num(s.p99_abs)} "
-                       f"| {_num(s.max_rel)} | {_num(s.cosine, '.6f')} | {nan_inf} "
-                       f"| {_num(s.atol, 'g')} / {_num(s.rtol, 'g')} "
-                       f"| {_status_icon(s.passed)} {_md(result)} |")
-        out.append("")
-    if v.rolled_back:
-        trials = v.bisection.trials if v.bisection else "?"
-        out.append(f"**Rolled back** ({len(v.rolled_back)}; found in {trials} trials):\n")
-        out += [f"- {_code(r.key)} ({_md(r.rule)}) replacing {_md(', '.join(r.replaced))}: {_md(r.effect)}"
-                for r in v.rolled_back]
-        out.append("")
-    return "\n".join(out) + "\n"
-
-
-def rules_markdown(report: Report) -> str:
-    out = []
-    if report.rules:
-        out.append("### Rules\n")
-        out.append("| rule | attempts | matches | hits | time (ms) |\n|---|---:|---:|---:|---:|")
-        out.append("\n".join(f"| {_md(name)} | {s.attempts} | {s.matches} | {s.hits} | {_ms(s.time_s)} |"
-                             for name, s in report.rules.items()) + "\n")
-    if report.passes:
-        out.append("### Passes\n")
-        out.append("| pass | runs | modified | time (ms) |\n|---|---:|---:|---:|")
-        out.append("\n".join(f"| {_md(name)} | {s.runs} | {s.modified} | {_ms(s.time_s)} |"
-                             for name, s in report.passes.items()) + "\n")
-    if not out:
-        return ""
-    out.append(f"{report.iterations} rounds; "
-               + ("fixed point reached" if report.reached_fixed_point else "**no fixed point**") + "\n")
-    return "\n".join(out) + "\n"
-
-
-def reproduce_markdown(report: Report) -> str:
-    command = " ".join(shlex.quote(str(a)) for a in report.command)
-    return ("<details><summary>Reproduce</summary>\n\n"
-            f"fuser {_md(report.fuser_version)}, report schema {_md(report.schema_version)}\n\n"
-            f"```\n{command}\n```\n\nOptions:\n\n```json\n{json.dumps(to_json(report.options), indent=1)}\n```\n"
-            "</details>\n")
+def _log_fraction(n: int, top: int) -> float:
+    """Where n lies between 0 and top on a log scale (log(1 + n)), 0..1."""
+    return 0.0 if n <= 0 or top <= 0 else math.log1p(n) / math.log1p(top)
 
 
 # ---------------------------------------------------------------------------------------------- JUnit XML
@@ -272,8 +164,9 @@ def to_junit(report: Report) -> str:
     suite = _suite(root, "fuser.rules")
     for name, s in report.rules.items():
         case = _case(suite, "fuser.rules", name, s.time_s)
-        lines = [f"attempts {s.attempts}, matches {s.matches}, hits {s.hits}"]
-        lines += [f"not fused at '{m.at}': {m.reason}" for m in near_by_rule.get(name, [])]
+        near = near_by_rule.get(name, [])
+        lines = [f"attempts {s.attempts}, matches {s.matches}, hits {s.hits}, near misses {len(near)}"]
+        lines += [f"not fused at '{m.at}': {m.reason}" for m in near]
         if name in rolled_by_rule:
             keys = ", ".join(r.key for r in rolled_by_rule[name])
             failure = ET.SubElement(case, "failure", message=f"validation rolled back {keys}", type="rolled-back")
@@ -291,9 +184,9 @@ def to_junit(report: Report) -> str:
                 ET.SubElement(case, "skipped", message=v.summary)
         for name, s in v.outputs.items():
             case = _case(suite, "fuser.validation", f"output {name}", None)
-            detail = (f"max abs {_num(s.max_abs)}, mean abs {_num(s.mean_abs)}, p99 abs {_num(s.p99_abs)}, "
-                      f"max rel {_num(s.max_rel)}, cosine {_num(s.cosine, '.6f')}, atol {_num(s.atol, 'g')}, "
-                      f"rtol {_num(s.rtol, 'g')}")
+            detail = (f"max abs {num(s.max_abs)}, mean abs {num(s.mean_abs)}, p99 abs {num(s.p99_abs)}, "
+                      f"max rel {num(s.max_rel)}, cosine {num(s.cosine, '.6f')}, atol {num(s.atol, 'g')}, "
+                      f"rtol {num(s.rtol, 'g')}")
             if not s.passed:
                 ET.SubElement(case, "failure", message=s.error or f"{s.mismatches} elements off",
                               type="numerics").text = detail
@@ -334,60 +227,137 @@ def _case(suite: ET.Element, classname: str, name: str, time_s) -> ET.Element:
 # ---------------------------------------------------------------------------------------------- HTML
 
 _CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
-.bar{display:inline-block;height:10px;vertical-align:middle}
-.before{background:#9ab}.after{background:#2a7}
-.ok{color:#080}.bad{color:#b00;font-weight:bold}
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:72em;padding:0 1em;
+color:#1f2328}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #d0d7de;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.5em 0 1em}
+td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:middle}
+th{background:#f6f8fa}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.92em}
+code{background:#f6f8fa;padding:0 .25em;border-radius:3px}pre{background:#f6f8fa;padding:.6em;white-space:pre-wrap;overflow-wrap:anywhere}
+.headline{font-size:1.05em}figure{margin:0}figcaption{color:#59636e;font-size:.9em}
+table.chart td{border-width:0 0 1px 0}table.chart td.bars{padding:1px 8px}
+.swatch{display:inline-block;width:.8em;height:.8em;margin-right:.3em;vertical-align:baseline}
+details{margin:.5em 0}summary{cursor:pointer}
+.ok{color:#1a7f37;font-weight:bold}.bad{color:#cf222e;font-weight:bold}.warn{color:#9a6700;font-weight:bold}
 """
-
-
-def histogram_html(report: Report, width_px: int = 300) -> str:
-    rows = histogram_rows(report)
-    if not rows:
-        return "<p>no ops</p>"
-    top = max(max(b, a) for _, b, a in rows) or 1
-    out = ["<table class='hist'><tr><th>op</th><th>before</th><th>after</th><th>Δ</th><th>chart</th></tr>"]
-    for op, b, a in rows:
-        bars = (f"<span class='bar before' style='width:{round(width_px * b / top)}px' title='before {b}'></span><br>"
-                f"<span class='bar after' style='width:{round(width_px * a / top)}px' title='after {a}'></span>")
-        out.append(f"<tr><td>{html.escape(op)}</td><td class='n'>{b}</td><td class='n'>{a}</td>"
-                   f"<td class='n'>{a - b:+d}</td><td>{bars}</td></tr>")
-    out.append("</table>")
-    return "\n".join(out)
+_COLORS = {"before": "#8aa4bf", "after": "#1f883d", "attempts": "#afb8c1", "hits": "#1f883d",
+           "near misses": "#d4750b"}
+_PALETTE = ("#0969da", "#8250df", "#bf3989")
+CHART_PX = 260  # width of the bars
 
 
 def to_html(report: Report) -> str:
-    report = as_saved(report)
+    page = layout(as_saved(report))
     e = html.escape
-    i, o = report.input, report.output
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>fuser report</title><style>{_CSS}</style>"
-             f"</head><body><h1>fuser report: {e(str((i and i.path) or 'model'))}</h1>"]
-    v = report.validation
-    if v:
-        cls = "ok" if v.status in ("passed", "rolled-back") else "bad"
-        parts.append(f"<p class='{cls}'>validation {e(v.status)}: {e(v.summary)}</p>")
-    audit = report.sections.get("audit")
-    if audit:
-        parts.append(f"<p class='{'ok' if audit.passed else 'bad'}'>audit {'passed' if audit.passed else 'failed'}</p>"
-                     "<ul>")
-        parts += [f"<li class='{'ok' if c.passed else 'bad'}'>{e(c.name)}: {e(c.message)}</li>" for c in audit.checks]
-        parts.append("</ul>")
-    parts.append("<h2>Before / after</h2><table><tr><th></th><th>before</th><th>after</th></tr>")
-    for label, key in (("file", "path"), ("sha256", "sha256"), ("size (bytes)", "size_bytes"), ("opset", "opset"),
-                       ("nodes", "nodes")):
-        before, after = (str(getattr(m, key)) if m else "" for m in (i, o))
-        parts.append(f"<tr><td>{label}</td><td>{e(before)}</td><td>{e(after)}</td></tr>")
-    parts.append("</table>")
-    counts = report.fusion_counts
-    parts.append("<h2>Fusions</h2><p>" + (", ".join(f"{e(k)} {n}" for k, n in counts.items()) or "nothing") + "</p>")
-    parts.append("<h2>Op histogram</h2>")
-    parts.append(histogram_html(report))
-    if report.near_misses:
-        parts.append("<h2>Near misses</h2><table><tr><th>rule</th><th>at</th><th>reason</th></tr>")
-        parts += [f"<tr><td>{e(m.rule)}</td><td>{e(m.at)}</td><td>{e(m.reason)}</td></tr>" for m in report.near_misses]
-        parts.append("</table>")
+    parts = ["<!doctype html>", "<html lang='en'><head><meta charset='utf-8'>",
+             f"<title>{e(_text(page.title))}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{_html_inline(page.title)}</h1>",
+             "<p class='headline'>" + "<br>".join(_html_inline(line) for line in page.headline) + "</p>"]
+    for section in page.sections:
+        parts.append(f"<section><h2>{e(section.title)}</h2>")
+        parts += [_html_block(block) for block in section.blocks]
+        parts.append("</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _text(part) -> str:
+    """Plain text of inline content (the page's <title>)."""
+    if isinstance(part, list):
+        return "".join(_text(p) for p in part)
+    return part.text if isinstance(part, (Code, Strong)) else "" if isinstance(part, Mark) else str(part)
+
+
+def _html_inline(part) -> str:
+    e = html.escape
+    if isinstance(part, list):
+        return "".join(_html_inline(p) for p in part)
+    if isinstance(part, Code):
+        return f"<code>{e(part.text)}</code>"
+    if isinstance(part, Strong):
+        return f"<strong>{e(part.text)}</strong>"
+    if isinstance(part, Mark):
+        return {True: "<span class='ok' title='passed'>✓</span>", False: "<span class='bad' title='failed'>✗</span>",
+                None: "<span class='warn' title='warning'>⚠</span>"}[part.ok]  # no emoji font needed
+    return e("" if part is None else str(part))
+
+
+def _row(cells: list[str], numeric, tag: str = "td") -> str:
+    return "<tr>" + "".join(f"<{tag}{' class=n' if i in numeric else ''}>{c}</{tag}>"
+                            for i, c in enumerate(cells)) + "</tr>"
+
+
+def _html_block(block) -> str:
+    e = html.escape
+    if isinstance(block, Para):
+        return f"<p>{_html_inline(block.parts)}</p>"
+    if isinstance(block, Table):
+        head = _row([e(h) for h in block.header], block.numeric, "th")
+        body = "\n".join(_row([_html_inline(c) for c in row], block.numeric) for row in block.rows)
+        return f"<table><thead>{head}</thead><tbody>\n{body}\n</tbody></table>"
+    if isinstance(block, Bullets):
+        return "<ul>" + "".join(f"<li>{_html_inline(item)}</li>" for item in block.items) + "</ul>"
+    if isinstance(block, Pre):
+        return f"<pre>{e(block.text)}</pre>"
+    if isinstance(block, Details):
+        return (f"<details><summary>{e(block.summary)}</summary>\n"
+                + "\n".join(_html_block(b) for b in block.blocks) + "\n</details>")
+    if isinstance(block, Chart):
+        return _html_chart(block)
+    raise TypeError(f"no HTML for {type(block).__name__}")
+
+
+def _color(series: str, index: int) -> str:
+    return _COLORS.get(series, _PALETTE[index % len(_PALETTE)])
+
+
+def _html_chart(chart: Chart) -> str:
+    """The chart as a table: label, numbers, extra columns, and one inline SVG of bars per row (a shared log scale,
+    so the rows line up as one chart)."""
+    e = html.escape
+    top = max((v for _, values, _ in chart.rows for v in values), default=0)
+    n = len(chart.series)
+    numeric = frozenset(range(1, 1 + n + len(chart.extra)))
+    legend = " ".join(f"<span class='swatch' style='background:{_color(s, i)}'></span>{e(s)}"
+                      for i, s in enumerate(chart.series))
+    head = _row([e(chart.label)] + [e(s) for s in chart.series] + [e(x) for x in chart.extra] + [legend], numeric, "th")
+    axis = _axis_svg(top)
+    rows = [_row([_html_inline(label)] + [str(v) for v in values] + [_html_inline(x) for x in extra]
+                 + [_bars_svg(chart.series, values, top)], numeric).replace("<td>" + "<svg", "<td class=bars><svg")
+            for label, values, extra in chart.rows]
+    axis_row = _row([""] * (1 + n + len(chart.extra)) + [axis], frozenset())
+    caption = f"<figcaption>{e(chart.note)}</figcaption>" if chart.note else ""
+    return (f"<figure><table class='chart'><thead>{head}{axis_row}</thead><tbody>\n" + "\n".join(rows)
+            + f"\n</tbody></table>{caption}</figure>")
+
+
+def _x(n: int, top: int) -> float:
+    """Pixels of a bar for n on the chart's log scale; a bar for 1 is visible next to one for 10 000."""
+    width = CHART_PX * _log_fraction(n, top)
+    return max(width, 2.0) if n > 0 else 0.0
+
+
+def _bars_svg(series: list[str], values: list[int], top: int) -> str:
+    bar, gap = 7, 2
+    height = len(values) * (bar + gap)
+    label = ", ".join(f"{s} {v}" for s, v in zip(series, values))
+    rects = "".join(f"<rect class='bar {html.escape(s)}' x='0' y='{i * (bar + gap)}' width='{_x(v, top):.1f}' "
+                    f"height='{bar}' fill='{_color(s, i)}'><title>{html.escape(s)} {v}</title></rect>"
+                    for i, (s, v) in enumerate(zip(series, values)))
+    return (f"<svg width='{CHART_PX}' height='{height}' role='img' aria-label='{html.escape(label)}' "
+            f"xmlns='http://www.w3.org/2000/svg'>{rects}</svg>")
+
+
+def _axis_svg(top: int) -> str:
+    """Tick marks of the log scale: 1, 10, 100... up to the chart's largest value."""
+    ticks, value = [], 1
+    while value <= max(top, 1):
+        ticks.append(value)
+        value *= 10
+    marks = "".join(f"<line x1='{_x(t, top):.1f}' x2='{_x(t, top):.1f}' y1='12' y2='16' stroke='#59636e'/>"
+                    f"<text x='{_x(t, top):.1f}' y='10' font-size='9' text-anchor='middle' fill='#59636e'>{t:,}</text>"
+                    for t in ticks)
+    return (f"<svg width='{CHART_PX + 12}' height='16' role='img' aria-label='log scale' "
+            f"xmlns='http://www.w3.org/2000/svg'><line x1='0' x2='{CHART_PX}' y1='15.5' y2='15.5' stroke='#afb8c1'/>"
+            f"{marks}</svg>")

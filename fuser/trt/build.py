@@ -24,6 +24,7 @@ import onnx
 from fuser.errors import ModelError, UsageError
 from fuser.model_io import PROTOBUF_LIMIT
 from fuser.outputs import OutputPlan, finish, swap_in, temporary_file, temporary_folder, write_atomic
+from fuser.progress import Progress, as_progress
 from fuser.trt.backend import Backend, load_backend, visible_gpu
 from fuser.trt.logs import BuildLog, LogLine, RecognizedWarning, capture
 from fuser.trt.profiles import Profile, check_profiles, model_inputs
@@ -133,15 +134,18 @@ class BuildResult:
 
 
 def build_engine(model: str | Path | onnx.ModelProto, options: BuildOptions | None = None,
-                 output: str | Path | None = None) -> BuildResult:
-    """Parse `model` with the ONNX parser, build it with `options`, write the engine to `output` if given."""
+                 output: str | Path | None = None, *, progress=None) -> BuildResult:
+    """Parse `model` with the ONNX parser, build it with `options`, write the engine to `output` if given.
+    `progress` (fuser.progress) is told the build's phases as the builder reports them."""
     options = options or BuildOptions()
+    progress = as_progress(progress)
     plan = OutputPlan()
     if not isinstance(model, onnx.ModelProto):
         plan.read("the input model", model)
     plan_build_outputs(plan, options, "output", output)
     plan.check()
     backend = load_backend(options.backend)
+    progress.stage(f"building {output or 'an engine'} with {backend.label}")
     with _onnx_file(model) as (path, proto), capture(backend.trt) as (logger, log):
         check_profiles(list(options.profiles), model_inputs(proto))
         log.phase = "configure"
@@ -160,8 +164,12 @@ def build_engine(model: str | Path | onnx.ModelProto, options: BuildOptions | No
         if cache:
             cache.attach(config, log)
         build_start, started = len(log.lines), time.perf_counter()
+        monitor = _monitor(backend.trt, progress)
+        config.progress_monitor = monitor
         serialized = builder.build_serialized_network(network, config)
         seconds = time.perf_counter() - started
+        if monitor.error is not None:  # Ctrl-C or SIGTERM during the build: the monitor cancelled it
+            raise monitor.error
         if serialized is None:
             raise _build_failure(backend, log, build_start)
         engine = bytes(serialized)
@@ -173,6 +181,57 @@ def build_engine(model: str | Path | onnx.ModelProto, options: BuildOptions | No
         write_atomic(output, engine)
     return BuildResult(backend.name, backend.version, engine, Path(output) if output else None, seconds,
                        network_layers, engine_layers, source, cache.info() if cache else None, options, log)
+
+
+def _monitor(trt, progress: Progress):
+    """The builder's progress monitor (TensorRT's and TensorRT-RTX's IProgressMonitor): tells `progress` the phase
+    under way and how far the outermost phase is. Whatever the callback raises (Ctrl-C or SIGTERM land there during
+    a build) never goes into the builder: the build is cancelled (step_complete returns False) and build_engine
+    raises it once the builder has returned."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.phases: list[tuple[str, int]] = []  # (name, steps), outermost first
+            self.top_done = 0  # steps of the outermost phase completed
+            self.error: BaseException | None = None
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self._guarded(self._start, phase_name, num_steps)
+
+        def step_complete(self, phase_name, step):
+            self._guarded(self._step, step)
+            return self.error is None
+
+        def phase_finish(self, phase_name):
+            self._guarded(self._finish, phase_name)
+
+        def _start(self, name: str, steps: int) -> None:
+            if not self.phases:
+                self.top_done = 0
+            self.phases.append((name, steps))
+            self._tell()
+
+        def _step(self, step: int) -> None:
+            if len(self.phases) == 1:
+                self.top_done = step + 1
+            self._tell()
+
+        def _finish(self, name: str) -> None:
+            if self.phases and self.phases[-1][0] == name:
+                self.phases.pop()
+
+        def _tell(self) -> None:
+            if self.phases:
+                progress.step(self.phases[-1][0].lower(), done=self.top_done, total=self.phases[0][1])
+
+        def _guarded(self, call, *args) -> None:
+            try:
+                call(*args)
+            except BaseException as exc:  # noqa: BLE001 - raised again by build_engine, outside the builder
+                self.error = self.error or exc
+
+    return Monitor()
 
 
 def plan_build_outputs(plan: OutputPlan, options: BuildOptions, flag: str, engine: Path | None) -> None:

@@ -63,7 +63,7 @@ class Bisector:
         while True:
             disabled = frozenset(self.universe - enabled)
             self.runs += 1
-            self.progress(f"validation: trial {self.runs} with {len(enabled)} of {len(self.universe)} rewrites")
+            self.progress(f"rollback trial {self.runs}: {len(enabled)} of {len(self.universe)} rewrites kept")
             try:
                 run = self.rerun(disabled)
             except FuserError as exc:
@@ -110,7 +110,7 @@ def validate_run(loaded, options, first: Run, rerun: Callable[[frozenset[str]], 
     start = time.perf_counter()
     model, report, _ = first
     strict = getattr(options, "strict", False)
-    progress("validation: running the original model")
+    progress("running the original model")
     try:
         validator = Validator(loaded, options)
     except CannotValidate as exc:
@@ -121,7 +121,7 @@ def validate_run(loaded, options, first: Run, rerun: Callable[[frozenset[str]], 
             raise ValidationFailed(f"validation could not run (--strict): {exc}", report) from None
         report.warnings.append(f"validation skipped: {exc}")
         return first
-    progress("validation: running the optimized model")
+    progress("running the optimized model")
     result = validator.check(model)
     if result.passed:
         report.validation = _section("passed", validator, result, options, start)
