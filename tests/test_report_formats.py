@@ -153,7 +153,7 @@ def section_titles(md: str, page: str) -> tuple[list[str], list[str]]:
 def test_html_renders_every_section_markdown_has(tmp_path):
     """One page, two syntaxes: the same sections in the same order, for a report with every section (rolled-back
     validation, audit, near misses, folding/clean-up/fp16, a TensorRT build, notes)."""
-    from fuser.passes import default_passes
+    from fuser.assembly import default_passes
 
     fp16 = fuser.Options(precision="fp16")  # the recipe of test_report_types' rich_report
     _, report = fuser.optimize(planted_model(), fp16, passes=[planted_passes()[0], *default_passes(fp16)[1:]])
