@@ -80,9 +80,16 @@ def big(tmp_path_factory) -> tuple[Path, str]:
     return path, sha(path)
 
 
+def ctrl_c_as_on_a_terminal() -> None:
+    """The child's SIGINT as a terminal gives it: a shell without job control starts background jobs (a CI
+    runner's, `cmd &` in a script) with SIGINT ignored, and Python then never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(src: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fuser", "optimize", str(src), "-o", str(out), "--no-validate"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+                            preexec_fn=ctrl_c_as_on_a_terminal)
 
 
 def temps(folder: Path) -> list[Path]:
@@ -295,7 +302,7 @@ def test_a_signal_as_each_temporary_file_is_made_leaves_none(tmp_path, sig):
     interrupted = 0
     for k in range(1, 20):
         proc = subprocess.run([sys.executable, str(script), str(k), sig, *args], capture_output=True, text=True,
-                              env={**ENV, "TMPDIR": str(scratch)}, timeout=300)
+                              env={**ENV, "TMPDIR": str(scratch)}, timeout=300, preexec_fn=ctrl_c_as_on_a_terminal)
         left = [p.name for p in out_dir.iterdir() if p.name.startswith(".")] + \
             [p.name for p in scratch.iterdir() if p.name.startswith("fuser")]  # onnxruntime leaves its .ses
         assert left == [], f"signal at temporary file {k}: left {left}"
