@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 
 from .errors import FuserError, first_line
 from .facts import DEFAULT_DOMAINS, GraphFacts, first_accepting_opset, known_schema, type_name
@@ -342,6 +343,21 @@ def _type_gate(graph: Graph, rule: Rule, m: Match, created: list[int], ctx) -> R
     return _opset_gate(graph, ctx, needed, what)
 
 
+def _invalid_node(graph: Graph, created: list[int]) -> str | None:
+    """What onnx.checker says of the first node a rewrite built that it refuses (an unknown op, an attribute
+    the op does not have, too many inputs), or None: said here, it names the rule, not the whole model."""
+    ctx = onnx.checker.C.CheckerContext()
+    ctx.ir_version = onnx.IR_VERSION
+    ctx.opset_imports = dict(graph.opsets)
+    for nid in created:
+        node = graph.node(nid)
+        try:
+            onnx.checker.check_node(node, ctx)
+        except onnx.checker.ValidationError as exc:
+            return f"{_qualified(node)}: {first_line(exc)}"
+    return None
+
+
 def _qualified(node) -> str:
     return node.op_type if (node.domain or "") in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
 
@@ -362,6 +378,10 @@ def _rewrite(graph: Graph, rule: Rule, m: Match, nid: int, root_value: str, key:
     if stop is not None:
         builder.undo(opsets)
         return stop
+    invalid = _invalid_node(graph, builder.created)
+    if invalid:
+        raise RuleFailed(rule.name, f"rule '{rule.name}': its rewrite at node '{_at(m)}' built a node onnx.checker "
+                                    f"refuses: {invalid}")
     mapping = result if isinstance(result, dict) else {root_value: result}
     extra = set(mapping) - {root_value}
     if extra and unsafe_reason(m, set(mapping)) is not None:

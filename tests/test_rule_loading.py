@@ -305,6 +305,7 @@ RULES = [
          rewrite=lambda m, b, _: m["x"]),
     Rule(name="rewrite-raises", family="broken", pattern=op.Tanh(x), rewrite=lambda m, b, _: m["nope"]),
     Rule(name="rewrite-returns-junk", family="broken", pattern=op.Tanh(x), rewrite=lambda m, b, _: 42),
+    Rule(name="builds-invalid", family="broken", pattern=op.Tanh(x), rewrite=lambda m, b, _: b.op("Tanh", m["x"], alpha=1.0)),
 ]
 """
 
@@ -313,6 +314,8 @@ RULES = [
     ("check-raises", "rule 'check-raises' raised ZeroDivisionError in its check at node 'tanh': division by zero"),
     ("rewrite-raises", "rule 'rewrite-raises' raised KeyError in its rewrite at node 'tanh': ('v', 'nope')"),
     ("rewrite-returns-junk", "rule 'rewrite-returns-junk': its rewrite returned int '42' at node 'tanh'"),
+    ("builds-invalid", "rule 'builds-invalid': its rewrite at node 'tanh' built a node onnx.checker refuses: "
+                       "Tanh: Unrecognized attribute: alpha for operator Tanh"),
 ])
 def test_a_loaded_rule_that_fails_on_the_model_stops_the_run_naming_it(tmp_path, model_path, rule, fragment):
     path = write(tmp_path, "failing.py", FAILING)
