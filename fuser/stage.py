@@ -188,7 +188,7 @@ def _run(loaded: LoadedModel, options: Options, passes, progress, input_summary:
     graph = Graph(loaded)
     ctx = RunContext(options=options, report=report, max_opset=options.max_opset_for(graph.opset()),
                      allow_upgrade=options.allow_upgrade, disabled=disabled, progress=progress or (lambda msg: None))
-    manager = PassManager(passes, options.max_iterations)
+    manager = PassManager(passes if passes is not None else assembly.default_passes(options), options.max_iterations)
     graph = manager.run(graph, ctx)
     optimized = graph.to_model()
     problem = _checker_problem(optimized)

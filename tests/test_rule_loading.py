@@ -153,7 +153,8 @@ def test_a_module_without_rules_list_offers_its_public_rules_in_order(tmp_path):
         NEG_NEG = Rule(name="neg-neg", family="double-negation", pattern=op.Neg(op.Neg(x)),
                        rewrite=lambda m, b, _: b.op("Identity", m["x"]))
         _HELPER = Rule(name="helper", family="helper", pattern=op.Abs(x), rewrite=lambda m, b, _: m["x"])
-        ABS_ABS = Rule(name="abs-abs", family="abs", pattern=op.Abs(op.Abs(x)), rewrite=lambda m, b, _: b.op("Abs", m["x"]))
+        ABS_ABS = Rule(name="abs-abs", family="abs", pattern=op.Abs(op.Abs(x)),
+                       rewrite=lambda m, b, _: b.op("Abs", m["x"]))
     """)
     library = fuser.assembly.rule_library([path], plugins=False)
     assert [r.name for r in library.rules if library.sources[r.name].origin == "file"] == ["neg-neg", "abs-abs"]
@@ -246,7 +247,8 @@ x = Var("x")
     ("empty.py", "X = 1\n", ("defines no rules",)),
     ("notalist.py", RULE + "RULES = Rule\n", ("RULES must be a list of fuser.rule.Rule objects, not type",)),
     ("item.py", RULE + "RULES = ['mish']\n", ("item 0 of RULES is a str, not a fuser.rule.Rule",)),
-    ("clash.py", RULE + "R = Rule(name='hardswish', family='mine', pattern=op.Neg(x), rewrite=lambda m, b, _: m['x'])\n",
+    ("clash.py", RULE + "R = Rule(name='hardswish', family='mine', pattern=op.Neg(x), "
+                        "rewrite=lambda m, b, _: m['x'])\n",
      ("rule 'hardswish' has the name of the rule 'hardswish' of fuser: rename it",)),
     ("family.py", RULE + "R = Rule(name='hswish', family='mine', pattern=op.Neg(x), rewrite=lambda m, b, _: m['x'])\n",
      ("rule 'hswish' has the name of the family 'hswish' of fuser",)),
@@ -305,7 +307,8 @@ RULES = [
          rewrite=lambda m, b, _: m["x"]),
     Rule(name="rewrite-raises", family="broken", pattern=op.Tanh(x), rewrite=lambda m, b, _: m["nope"]),
     Rule(name="rewrite-returns-junk", family="broken", pattern=op.Tanh(x), rewrite=lambda m, b, _: 42),
-    Rule(name="builds-invalid", family="broken", pattern=op.Tanh(x), rewrite=lambda m, b, _: b.op("Tanh", m["x"], alpha=1.0)),
+    Rule(name="builds-invalid", family="broken", pattern=op.Tanh(x),
+         rewrite=lambda m, b, _: b.op("Tanh", m["x"], alpha=1.0)),
 ]
 """
 
