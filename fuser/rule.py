@@ -19,6 +19,11 @@ opset, per its schema: `facts.signature`). The first refusal of a candidate is k
 with its reason, for the report. A match that needs an opset the run may upgrade to stops the rule
 with `NeedsOpset`: the fusion pass hands it to the pass manager, which upgrades the model and runs the
 round again. Shapes and types come from one snapshot of `graph.facts` per run of the rule pass.
+
+A rule's own code is checked where it runs: what its check or rewrite raises, a rewrite that returns
+something else than value names, and a node it builds that onnx.checker refuses all stop the run with
+`RuleFailed` naming the rule and the node (a bug in fuser for its own rules; for a rule loaded from
+outside fuser, the stage turns it into one line naming where the rule came from: fuser/rule_loading.py).
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ class RuleLibrary:
 
 
 class UserRuleError(FuserError):
-    """A rule from outside fuser raised in its check or rewrite (exit 1): the run stops, naming it."""
+    """A rule from outside fuser failed on the model (its check or rewrite raised, its rewrite returned something
+    else than value names or built a node onnx.checker refuses): the run stops, naming it (exit 1)."""
 
 
 def library(builtin: Iterable[Rule], rules_from: Iterable[str | os.PathLike] = (), plugins: bool = True

@@ -231,6 +231,30 @@ def test_a_plugin_naming_something_else_than_rules_is_refused(tmp_path, monkeypa
     one_error(cli("rules"), 2, "loads a int; an entry point of 'fuser.rules' names a Rule, a list of Rules or a module")
 
 
+@pytest.mark.parametrize("how", ["console-script", "python -P -m", "library"])
+def test_a_plugin_planted_beside_the_model_is_never_loaded(tmp_path, model_path, how):
+    """A `*.dist-info` with a fuser.rules entry point in the model's folder (the current folder too) is not an
+    installed package: only sys.path is searched, and neither safe way to run fuser puts the folder on it."""
+    from test_untrusted import _console_script, _python_env
+
+    marker = tmp_path / "pwned"
+    plugin(model_path.parent, "planted_rules", "planted_rules:RULES",
+           f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n" + MISH_PACKAGE)
+    if how == "library":
+        optimized, _ = fuser.optimize(model_path)
+        assert "Mish" not in ops(optimized) and not marker.exists()
+        return
+    script = _console_script() if how == "console-script" else None
+    if how == "console-script" and script is None:
+        pytest.skip("the `fuser` console script is not installed")
+    cmd = [script] if script else [sys.executable, "-P", "-m", "fuser"]
+    proc = subprocess.run([*cmd, "optimize", model_path.name, "-o", str(tmp_path / "out.onnx")], capture_output=True,
+                          text=True, cwd=model_path.parent, env=_python_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "fused: nothing" in proc.stdout, proc.stdout
+    assert not marker.exists(), "a plugin planted beside the model was loaded"
+
+
 # ------------------------------------------------------------------------------ loading errors: exit 2, one line
 
 RULE = """
