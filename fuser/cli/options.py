@@ -54,12 +54,12 @@ def _csv(ctx, param, value):
 
 def rule_source_options(f):
     """Rules from outside fuser: files the user names, and installed plugins (fuser/rule_loading.py)."""
-    f = click.option("--rules-from", "rules_from", multiple=True, metavar="FILE.py",
-                     help="Also run the rules this Python file defines (its RULES list, or its module-level Rule "
-                          "objects), after fuser's own; repeatable. The file's code runs: name only files you "
-                          "trust (see docs/writing-rules.md).")(f)
     f = click.option("--plugins/--no-plugins", default=True, show_default=True,
-                     help="Also run the rules of installed packages (entry points of the group fuser.rules).")(f)
+                     help="Load the rules of installed packages (entry points of the group fuser.rules).")(f)
+    f = click.option("--rules-from", "rules_from", multiple=True, metavar="FILE.py",
+                     help="Load the rules this Python file defines (its RULES list, or its module-level Rule "
+                          "objects), which run after fuser's own; repeatable. The file's code runs: name only "
+                          "files you trust (see docs/writing-rules.md).")(f)
     return f
 
 
