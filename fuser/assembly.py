@@ -6,8 +6,9 @@ and only it, imports both and puts them together; the pipeline, the CLI and the 
 (tests/test_imports.py proves both halves by reading the imports).
 
     default_passes(options)   fuser's pipeline, in the order that matters
-    select_rules(names, skip, target)   the rules a run uses
-    all_rules()               the rule library, in the order rules run
+    rule_library(rules_from, plugins)   fuser's rules and the user's (files, installed plugins), with their sources
+    select_rules(names, skip, target, pool)   the rules a run uses
+    all_rules()               fuser's own rules, in the order they run
     report_sections()         the report section types the passes write (for the schema and saved reports)
 """
 
@@ -16,11 +17,18 @@ from __future__ import annotations
 from . import passes, rules
 from .errors import UsageError
 from .rule import Rule
+from .rule_loading import RuleLibrary, library
 
 
 def all_rules() -> list[Rule]:
-    """Every rule of the library, in the order they run (see rules/__init__.py for why that order)."""
+    """fuser's own rules, in the order they run (see rules/__init__.py for why that order)."""
     return list(rules.ALL_RULES)
+
+
+def rule_library(rules_from=(), plugins: bool = True) -> RuleLibrary:
+    """fuser's rules, then the installed plugins' (unless `plugins` is False), then those of the files
+    `rules_from`: loading runs their code, so only what the user named or installed (fuser/rule_loading.py)."""
+    return library(all_rules(), rules_from, plugins)
 
 
 def select_rules(names=(), skip=(), target: str = "generic", pool: list[Rule] | None = None) -> list[Rule]:
@@ -34,14 +42,17 @@ def select_rules(names=(), skip=(), target: str = "generic", pool: list[Rule] | 
     return [r for r in chosen if r.name not in skip and r.family not in skip and target in r.targets]
 
 
-def default_passes(options) -> list:
+def default_passes(options, fusion_rules: list[Rule] | None = None) -> list:
     """fuser's pipeline. Fusion rules first: an `x * 1` removed before the LayerNorm rule runs would hide
     the LayerNorm's scale. Then folding of constants and static shape chains, the ND-shape-tensor
     rewrites, and clean-up (CSE, no-ops, duplicate initializers, dead code); later rounds of the fixed
     point run fusion again on the cleaned graph. `--precision fp16` adds PrecisionPass, a `final` pass:
-    the pass manager runs it once after the fixed point, so fusion never sees (or folds in) fp16."""
+    the pass manager runs it once after the fixed point, so fusion never sees (or folds in) fp16.
+    `fusion_rules`: what the fusion pass runs (default: fuser's own rules, chosen by the options)."""
+    if fusion_rules is None:
+        fusion_rules = select_rules(options.rules, options.skip_rules, options.target)
     return [
-        passes.FusionPass(select_rules(options.rules, options.skip_rules, options.target)),
+        passes.FusionPass(fusion_rules),
         passes.ConstantFolding(),
         passes.ShapeFolding(),
         passes.ShapeTensorRewrite(),

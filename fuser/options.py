@@ -7,6 +7,7 @@ report's `options` section reproduces the run exactly. Only what a user asks for
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from .model_io import MAX_OPSET
@@ -20,6 +21,8 @@ class Options:
     target: str = "generic"  # generic | tensorrt | onnxruntime: which ops the output may contain
     rules: tuple[str, ...] = ()  # rule names or families to run (empty: all)
     skip_rules: tuple[str, ...] = ()
+    rules_from: tuple[str, ...] = ()  # Python files whose rules run after fuser's own (fuser/rule_loading.py)
+    plugins: bool = True  # also the rules of installed packages (entry points of the group fuser.rules)
     target_opset: int | None = None  # the highest default-domain opset fuser may upgrade to
     allow_upgrade: bool = True
     max_iterations: int = 8  # cap on fixed-point rounds of the pass pipeline
@@ -65,6 +68,9 @@ class Options:
         if self.precision not in ("fp32", "fp16"):
             raise ValueError(f"unknown precision '{self.precision}' (choose from fp32, fp16)")
         self.keep_fp32 = tuple(self.keep_fp32)
+        if isinstance(self.rules_from, (str, os.PathLike)):  # one file, not its characters
+            self.rules_from = (self.rules_from,)
+        self.rules_from = tuple(os.fspath(p) for p in self.rules_from)
 
     def max_opset_for(self, model_opset: int) -> int:
         """The highest opset this run may raise the model to.

@@ -123,7 +123,7 @@ class PassManager:
                 return self._run_final(graph, ctx)
         report.reached_fixed_point = False
         report.note(f"stopped after {self.max_iterations} rounds without reaching a fixed point "
-                    "(raise --max-iterations)")
+                    "(raise the cap: --max-iterations / max_iterations=)")
         return self._run_final(graph, ctx)
 
     def _run_final(self, graph: Graph, ctx: RunContext) -> Graph:

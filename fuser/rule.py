@@ -19,6 +19,11 @@ opset, per its schema: `facts.signature`). The first refusal of a candidate is k
 with its reason, for the report. A match that needs an opset the run may upgrade to stops the rule
 with `NeedsOpset`: the fusion pass hands it to the pass manager, which upgrades the model and runs the
 round again. Shapes and types come from one snapshot of `graph.facts` per run of the rule pass.
+
+A rule's own code is checked where it runs: what its check or rewrite raises, a rewrite that returns
+something else than value names, and a node it builds that onnx.checker refuses all stop the run with
+`RuleFailed` naming the rule and the node (a bug in fuser for its own rules; for a rule loaded from
+outside fuser, the stage turns it into one line naming where the rule came from: fuser/rule_loading.py).
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 
+from .errors import FuserError, first_line
 from .facts import DEFAULT_DOMAINS, GraphFacts, first_accepting_opset, known_schema, type_name
 from .graph import Graph
 from .matcher import Match, match_value, may_match_at
@@ -45,6 +52,16 @@ class Refusal:
     """Why a match is not rewritten; the report keeps it as a near miss."""
 
     reason: str
+
+
+class RuleFailed(Exception):
+    """A rule's own code raised in its check or rewrite, or broke the rule contract. In one of fuser's rules
+    that is a bug in fuser (an internal error); the stage names a rule loaded from outside fuser instead
+    (fuser/rule_loading.py)."""
+
+    def __init__(self, rule: str, message: str):
+        super().__init__(message)
+        self.rule = rule
 
 
 @dataclass(frozen=True)
@@ -248,17 +265,35 @@ def apply_rule(graph: Graph, rule: Rule, ctx, stats: RuleStats, facts: GraphFact
 def _apply(graph: Graph, rule: Rule, m: Match, nid: int, root_value: str, key: str, ctx
            ) -> Fusion | Refusal | NeedsOpset:
     """One match through the check, the safety and opset gates, the rewrite and the type gate."""
-    analysis = rule.check(m) if rule.check else None
+    analysis = _call(rule, "check", m, rule.check, m) if rule.check else None
     if isinstance(analysis, Refusal):
         return analysis
     if isinstance(analysis, str):  # the old spelling of a refusal: taken as an analysis, it would rewrite
-        raise TypeError(f"rule {rule.name}: check returned the string {analysis!r}; a refusal is Refusal(reason)")
+        raise RuleFailed(rule.name, f"rule '{rule.name}': its check returned the string {analysis!r} at node "
+                                    f"'{_at(m)}'; a refusal is Refusal(reason)")
     unsafe = unsafe_reason(m, {root_value})
     if unsafe:
         return Refusal(unsafe)
     # an opset the run may upgrade to is decided after the type gate, which may need a later one still
     refusal = _opset_gate(graph, ctx, rule.min_opset, _needs(rule), upgrade=False)
     return refusal or _rewrite(graph, rule, m, nid, root_value, key, ctx, analysis)
+
+
+def _call(rule: Rule, what: str, m: Match, function, *args):
+    """`function(*args)`, the rule's own check or rewrite: what it raises becomes RuleFailed naming the rule
+    and the node (fuser's own errors, a model's missing data, and memory pass through)."""
+    try:
+        return function(*args)
+    except (FuserError, MemoryError, RuleFailed):
+        raise
+    except Exception as exc:
+        raise RuleFailed(rule.name, f"rule '{rule.name}' raised {type(exc).__name__} in its {what} at node "
+                                    f"'{_at(m)}': {first_line(exc)}") from exc
+
+
+def _at(m: Match) -> str:
+    node = m.graph.node(m.root)
+    return node.name or node.output[0]
 
 
 def _needs(rule: Rule) -> str:
@@ -274,8 +309,10 @@ def _opset_gate(graph: Graph, ctx, needed: int, what: str, upgrade: bool = True)
     if ctx.allow_upgrade and needed <= ctx.max_opset:
         return NeedsOpset(needed) if upgrade else None
     if not ctx.allow_upgrade:
-        return Refusal(f"{what}; the model has opset {have} and upgrades are disabled")
-    return Refusal(f"{what}; the target opset is {ctx.max_opset} (raise it with --target-opset {needed})")
+        return Refusal(f"{what}; the model has opset {have} and upgrades are disabled (--no-upgrade / "
+                       "allow_upgrade=False)")
+    return Refusal(f"{what}; the target opset is {ctx.max_opset} (raise it: --target-opset {needed} / "
+                   f"target_opset={needed})")
 
 
 def _type_gate(graph: Graph, rule: Rule, m: Match, created: list[int], ctx) -> Refusal | NeedsOpset | None:
@@ -311,6 +348,21 @@ def _type_gate(graph: Graph, rule: Rule, m: Match, created: list[int], ctx) -> R
     return _opset_gate(graph, ctx, needed, what)
 
 
+def _invalid_node(graph: Graph, created: list[int]) -> str | None:
+    """What onnx.checker says of the first node a rewrite built that it refuses (an unknown op, an attribute
+    the op does not have, too many inputs), or None: said here, it names the rule, not the whole model."""
+    ctx = onnx.checker.C.CheckerContext()
+    ctx.ir_version = onnx.IR_VERSION
+    ctx.opset_imports = dict(graph.opsets)
+    for nid in created:
+        node = graph.node(nid)
+        try:
+            onnx.checker.check_node(node, ctx)
+        except onnx.checker.ValidationError as exc:
+            return f"{_qualified(node)}: {first_line(exc)}"
+    return None
+
+
 def _qualified(node) -> str:
     return node.op_type if (node.domain or "") in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
 
@@ -321,15 +373,25 @@ def _rewrite(graph: Graph, rule: Rule, m: Match, nid: int, root_value: str, key:
     builder = Rewriter(graph, rule, m, nid, ctx.target)
     opsets = dict(graph.opsets)
     replaced_names = m.node_names()
-    result = rule.rewrite(m, builder, analysis)
+    result = _call(rule, "rewrite", m, rule.rewrite, m, builder, analysis)
+    if not (isinstance(result, str) and result or isinstance(result, dict) and result
+            and all(isinstance(k, str) and isinstance(v, str) and v for k, v in result.items())):
+        raise RuleFailed(rule.name, f"rule '{rule.name}': its rewrite returned {type(result).__name__} "
+                                    f"{str(result)[:80]!r} at node '{_at(m)}'; it returns the name of the value "
+                                    "that replaces the match's root, or a dict {old value: new value}")
     stop = builder.refusal or _type_gate(graph, rule, m, builder.created, ctx)
     if stop is not None:
         builder.undo(opsets)
         return stop
+    invalid = _invalid_node(graph, builder.created)
+    if invalid:
+        raise RuleFailed(rule.name, f"rule '{rule.name}': its rewrite at node '{_at(m)}' built a node onnx.checker "
+                                    f"refuses: {invalid}")
     mapping = result if isinstance(result, dict) else {root_value: result}
     extra = set(mapping) - {root_value}
     if extra and unsafe_reason(m, set(mapping)) is not None:
-        raise AssertionError("rewrite replaced values the safety check did not clear")
+        raise RuleFailed(rule.name, f"rule '{rule.name}': its rewrite at node '{_at(m)}' replaced values the "
+                                    f"safety check did not clear ({', '.join(sorted(extra))})")
     created_ops = [graph.node(c).op_type for c in builder.created]
     for matched in m.nodes:
         graph.remove_node(matched)

@@ -11,13 +11,17 @@
 `fuser.optimize_file` are thin wrappers: a library user gets what the command line does, the same report, the same
 files, the same errors. In order:
 
-1. unknown rule names are refused before the model is read; the model is read (external data stays on disk);
+1. the rules are loaded (fuser's, installed plugins', the files of `rules_from`: fuser/rule_loading.py) and unknown
+   rule names refused, before the model is read; the model is read (external data stays on disk);
 2. every path the run writes (the model and its data file, the engine, the timing cache and its key, the report,
    and the caller's own files, given as a `plan`) is checked by one OutputPlan before any work, and a single-file
    output too big for protobuf's 2 GB is refused;
 3. the passes run to a fixed point, onnx.checker checks the result, and validation compares it with the original,
    rolling back the rewrites that changed the outputs (fuser/validation/rollback.py);
 4. the model is written atomically, the engine built from it, the report written last.
+
+A rule loaded from outside fuser that raises in its check or rewrite stops the run (`UserRuleError`, exit 1, naming
+the rule and where it came from); nothing is written.
 
 When validation fails (`ValidationFailed`, a model error) nothing is written but the report, which says why; the
 exception carries it too.
@@ -41,6 +45,8 @@ from .options import Options
 from .outputs import OutputPlan, model_companions, write_atomic
 from .pass_manager import PassManager, RunContext
 from .progress import Progress, as_progress
+from .rule import Rule, RuleFailed
+from .rule_loading import RuleLibrary
 from .report import ModelSummary, Report
 from .report.formats import render
 from .trt import BuildOptions, BuildResult, build_engine, plan_build_outputs
@@ -76,8 +82,11 @@ def run(model: ModelLike, options: Options | None = None, *, output: str | os.Pa
     callable of one str) is told each stage as it starts and each step within it."""
     options = options or Options()
     progress = as_progress(progress)
-    if passes is None:
-        _check_rule_names(options)
+    library = rules = None
+    if passes is None:  # rules that do not load and unknown rule names: usage errors before the model is read
+        library = assembly.rule_library(options.rules_from, options.plugins)
+        rules = assembly.select_rules(options.rules, options.skip_rules, options.target, library.rules)
+        passes = assembly.default_passes(options, rules)
     loaded = load(model)
     output = Path(output) if output is not None else None
     plan = plan or OutputPlan()
@@ -94,9 +103,18 @@ def run(model: ModelLike, options: Options | None = None, *, output: str | os.Pa
     try:
         optimized, report, _ = _run_validated(loaded, options, passes, progress)
     except ValidationFailed as exc:  # nothing was written; the report still says why
+        if exc.report is not None and library is not None:
+            _record_rule_sources(exc.report, library, rules)
         if report_path is not None and exc.report is not None:
             write_atomic(report_path, render(exc.report, "json").encode())
         raise
+    except RuleFailed as exc:  # a user's rule names itself (exit 1); one of fuser's is a bug in fuser
+        blamed = library.blame(exc) if library is not None else None
+        if blamed is None:
+            raise
+        raise blamed from exc
+    if library is not None:
+        _record_rule_sources(report, library, rules)
     if output is not None:
         progress.stage(f"writing {output}")
         written = save_model(loaded, optimized, output, external_data=options.external_data)
@@ -137,9 +155,15 @@ def load(model: ModelLike) -> LoadedModel:
     return load_model(model)
 
 
-def _check_rule_names(options: Options) -> None:
-    """Unknown rule or family names are a usage error before any work."""
-    assembly.select_rules(options.rules, options.skip_rules, options.target)
+def _record_rule_sources(report: Report, library: RuleLibrary, rules: list[Rule]) -> None:
+    """Where each rule the run chose came from, and a note naming the rules from outside fuser."""
+    report.rule_sources = {r.name: library.sources[r.name] for r in rules}
+    outside: dict[str, list[str]] = {}
+    for r in rules:
+        if library.sources[r.name].origin != "built-in":
+            outside.setdefault(library.sources[r.name].describe(), []).append(r.name)
+    for where, names in outside.items():
+        report.note(f"rules from {where}: {', '.join(names)}")
 
 
 def _run_validated(loaded: LoadedModel, options: Options, passes,

@@ -109,7 +109,7 @@ class ConstantFolding:
                 return None not in out and sum(out) > budget and sum(out) > sum(b or 0 for b in ins)
             return test
 
-        reason = f"its result exceeds the fold budget of {budget} bytes (raise it with --fold-budget)"
+        reason = f"its result exceeds the fold budget of {budget} bytes (raise it: --fold-budget / fold_budget_bytes=)"
         region = _prune(graph, region, over_budget(None), skipped, reason)  # estimated: never compute it
 
         def bound(node: onnx.NodeProto, feeds: dict[str, np.ndarray]) -> str | None:

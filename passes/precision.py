@@ -120,10 +120,10 @@ class PrecisionPass:
             ctx.report.warnings.append(
                 f"fp16: every nonzero value of {len(stats.flushed_to_zero)} constant(s) flushes to zero "
                 f"({', '.join(stats.flushed_to_zero[:4])}{', ...' if len(stats.flushed_to_zero) > 4 else ''}); "
-                "keep their consumers in fp32 (--keep-fp32) if they matter")
+                "keep their consumers in fp32 (--keep-fp32 / keep_fp32=) if they matter")
         if stats.unmatched_keep_fp32:
             unmatched = ", ".join(stats.unmatched_keep_fp32)
-            ctx.report.warnings.append(f"--keep-fp32: no op type or node name {unmatched} "
+            ctx.report.warnings.append(f"keep_fp32 (--keep-fp32): no op type or node name {unmatched} "
                                        "in the optimized graph (names of fused nodes change)")
         if stats.unknown_types:
             ctx.report.notes.append(f"fp16: {stats.unknown_types} values of unknown type were left as they are")

@@ -275,7 +275,8 @@ class ShapeFolding:
         if pinned:
             section.pinned_dims.update(symbols)
         if getattr(ctx.options, "input_shapes", None) and getattr(ctx.options, "keep_dynamic", False):
-            ctx.report.note("--input-shape was not applied to the graph because --keep-dynamic is set")
+            ctx.report.note("the input shapes (--input-shape / input_shapes=) were not applied to the graph because "
+                            "keep_dynamic is set (--keep-dynamic)")
         if not (graph.by_op.get("Shape") or graph.by_op.get("Size")):
             section.not_folded = []
             return PassResult(bool(pinned))

@@ -184,7 +184,7 @@ def test_audit_of_a_run_with_a_wrong_rewrite(tmp_path, monkeypatch):
     import fuser.assembly
     from test_validate import planted_model, planted_passes
 
-    monkeypatch.setattr(fuser.assembly, "default_passes", lambda options: planted_passes())
+    monkeypatch.setattr(fuser.assembly, "default_passes", lambda options, *_: planted_passes())
     path = tmp_path / "planted.onnx"
     onnx.save(planted_model(), path)
     rolled = audit(path, "--expect", "hswish==2", "--expect-no-rollback", "--junit", tmp_path / "r.xml")

@@ -41,7 +41,7 @@ def test_exit_code_130_when_interrupted(tmp_path, monkeypatch):
         def run(self, graph, ctx):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(fuser.assembly, "default_passes", lambda options: [Interrupted()])
+    monkeypatch.setattr(fuser.assembly, "default_passes", lambda options, *_: [Interrupted()])
     p = tmp_path / "m.onnx"
     onnx.save(small_model(), p)
     result = run_cli(tmp_path, p)
@@ -63,7 +63,7 @@ def test_internal_error_is_one_line_exit_3_and_writes_nothing(tmp_path, monkeypa
         def run(self, graph, ctx):
             raise RuntimeError("a bug\nwith a second line")
 
-    monkeypatch.setattr(fuser.assembly, "default_passes", lambda options: [Broken()])
+    monkeypatch.setattr(fuser.assembly, "default_passes", lambda options, *_: [Broken()])
     monkeypatch.delenv("FUSER_DEBUG", raising=False)
     p = tmp_path / "m.onnx"
     onnx.save(small_model(), p)

@@ -171,8 +171,8 @@ def test_bf16_hardswish_needs_opset_22():
     model = hardswish_model(BF, opset=14)
     optimized, report = fuser.optimize(model, validate=False)
     assert "HardSwish" not in ops(optimized) and optimized.opset_import[0].version == 14
-    assert any(m.reason == "HardSwish accepts bfloat16 from opset 22; the target opset is 21 (raise it with "
-               "--target-opset 22)" for m in report.near_misses), [m.reason for m in report.near_misses]
+    assert any(m.reason == "HardSwish accepts bfloat16 from opset 22; the target opset is 21 (raise it: "
+               "--target-opset 22 / target_opset=22)" for m in report.near_misses), [m.reason for m in report.near_misses]
     raised, _ = fuser.optimize(model, validate=False, target_opset=22)
     assert ops(raised) == ["HardSwish"] and raised.opset_import[0].version == 22
     onnx.checker.check_model(raised, full_check=True)

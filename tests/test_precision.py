@@ -342,7 +342,7 @@ def test_schema_typed_operands_cast_range_resize_and_constant_of_shape():
     assert attribute(by_name["cast_out"], "to") == FLOAT and by_name["cast_out"].output[0] == "y4"
     assert no_cast_pairs(optimized)
     assert report.sections["precision"].unmatched_keep_fp32 == ["Sofmax"]
-    assert any("--keep-fp32: no op type or node name Sofmax" in w for w in report.warnings)
+    assert any("keep_fp32 (--keep-fp32): no op type or node name Sofmax" in w for w in report.warnings)
     assert report.sections["precision"].kept_fp32 == [KeptFp32("range", "Range", "Range-11 has no float16 type")]
     inputs = {"x4": np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)}
     for e, a in zip(run(model, inputs), run(optimized, inputs)):

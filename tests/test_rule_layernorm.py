@@ -417,7 +417,7 @@ def test_upgrade_disabled():
 
 
 def test_target_opset_too_low():
-    unchanged(ln_model(opset=13), "raise it with --target-opset 17", target_opset=16)
+    unchanged(ln_model(opset=13), "raise it: --target-opset 17 / target_opset=17", target_opset=16)
 
 
 def test_double_is_not_fused():

@@ -148,7 +148,9 @@ LOADER_CALLS = {"spec_from_file_location", "exec_module", "load_source", "run_pa
 ALLOWED_DYNAMIC_IMPORTS = {"backend.py": "imports `tensorrt` or `tensorrt_rtx`, names from the fixed BACKENDS list"}
 # Loader calls allowed: file -> why. The path loaded must be fixed by an installed package, never data.
 ALLOWED_LOADERS = {"facts.py": "loads tools/symbolic_shape_infer.py from the installed onnxruntime "
-                                         "package (skipping tools/__init__, which imports torch)"}
+                                         "package (skipping tools/__init__, which imports torch)",
+                   "rule_loading.py": "runs only the rules files the user names (--rules-from / rules_from=), never "
+                                      "a path found in or beside a model (test_rule_loading.py)"}
 
 
 def scan(path, text: str) -> tuple[list[str], set[str]]:

@@ -52,8 +52,20 @@ def _csv(ctx, param, value):
     return tuple(items)
 
 
+def rule_source_options(f):
+    """Rules from outside fuser: files the user names, and installed plugins (fuser/rule_loading.py)."""
+    f = click.option("--plugins/--no-plugins", default=True, show_default=True,
+                     help="Load the rules of installed packages (entry points of the group fuser.rules).")(f)
+    f = click.option("--rules-from", "rules_from", multiple=True, metavar="FILE.py",
+                     help="Load the rules this Python file defines (its RULES list, or its module-level Rule "
+                          "objects), which run after fuser's own; repeatable. The file's code runs: name only "
+                          "files you trust (see docs/writing-rules.md).")(f)
+    return f
+
+
 def rule_options(f):
     """Which rules run and what the output may contain."""
+    f = rule_source_options(f)
     f = click.option("--rules", multiple=True, callback=_csv, metavar="NAMES",
                      help="Run only these rules or families (comma-separated; see `fuser rules`).")(f)
     f = click.option("--skip-rules", multiple=True, callback=_csv, metavar="NAMES",
@@ -220,6 +232,7 @@ def options_from(kw: dict):
     try:
         return Options(
             target=kw.pop("target"), rules=kw.pop("rules"), skip_rules=kw.pop("skip_rules"),
+            rules_from=kw.pop("rules_from"), plugins=kw.pop("plugins"),
             target_opset=kw.pop("target_opset"), allow_upgrade=not kw.pop("no_upgrade"),
             max_iterations=kw.pop("max_iterations"), external_data=kw.pop("external_data", None),
             progress=bool(kw.pop("progress", None)),

@@ -165,6 +165,7 @@ def known_names(report: Report) -> set[str]:
     from fuser.assembly import all_rules
 
     names = {r.name for r in all_rules()} | {r.family for r in all_rules()}
+    names |= set(report.rule_sources) | {s.family for s in report.rule_sources.values()}  # the user's rules too
     names |= set(report.rules) | set(report.fusion_counts)
     names |= {x.rule for x in (*(report.fusions or ()), *report.near_misses)}
     names |= {x.family for x in (*(report.fusions or ()), *report.near_misses)}
@@ -178,7 +179,7 @@ def count(report: Report, name: str) -> int | None:
 
     if name in report.fusion_counts:
         return report.fusion_counts[name]
-    if name in {r.family for r in all_rules()}:  # a family that did not fire
+    if name in {r.family for r in all_rules()} | {s.family for s in report.rule_sources.values()}:  # did not fire
         return 0
     if report.fusions is None:
         return None

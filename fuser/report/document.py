@@ -25,11 +25,12 @@ import onnx
 from .. import __version__
 from ..options import Options
 from ..rule import Fusion, NearMiss, RuleStats
+from ..rule_loading import RuleSource
 from ..trt.build import BuildSection
 from ..validation.validate import ValidationSection
 from .codec import FieldError, from_json
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 S = TypeVar("S")
 
 
@@ -90,6 +91,8 @@ class Report:
     reached_fixed_point: bool = True
     passes: dict[str, PassStats] = field(default_factory=dict)
     rules: dict[str, RuleStats] = field(default_factory=dict)
+    # each rule the run chose: its family, and fuser's own, a file (path, sha256) or a plugin (distribution, version)
+    rule_sources: dict[str, RuleSource] = field(default_factory=dict, metadata={"omit_default": True})
     fusion_counts: dict[str, int] = field(default_factory=dict, metadata={"required": True})  # rewrites per family
     fusions: list[Fusion] | None = field(default_factory=list, metadata={"null": False})
     near_misses: list[NearMiss] = field(default_factory=list)  # never where the same rule fired later
